@@ -1,0 +1,3 @@
+from chimed_pipeline.cli import main
+
+raise SystemExit(main())
