@@ -31,7 +31,9 @@ def _available() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("chimed_pipeline", "transforms"):  # our progress at INFO; Beam's chatter stays at WARNING
+        logging.getLogger(name).setLevel(logging.INFO)
     commands = _available()
     parser = argparse.ArgumentParser(prog="python -m chimed_pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -21,15 +21,16 @@ def turn(speaker: str, value: str) -> Turn:
 
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+MAX_KEY_CHARS = 80  # ustar member names hold 100 characters: key + "." + extension must fit
 
 
 def record_key(record_id: str) -> str:
     """Shard member key: the id reduced to [A-Za-z0-9_-], plus a hash suffix when that changed it.
 
     WebDataset splits a member name at its first dot, so keys must be dot-free; the suffix keeps
-    two ids that reduce to the same text apart.
+    two ids that reduce (or are shortened) to the same text apart.
     """
-    reduced = _KEY_UNSAFE.sub("_", record_id)
+    reduced = _KEY_UNSAFE.sub("_", record_id)[:MAX_KEY_CHARS]
     if reduced == record_id:
         return reduced
     return f"{reduced}_{hashlib.sha1(record_id.encode('utf-8')).hexdigest()[:8]}"
@@ -79,6 +80,7 @@ class Record:
 
     # Internal: where the record came from and what it carries between stages.
     source_file: str = _internal()  # input file name (basename), for the index
+    image_uri: str = _internal()  # where the image stage reads pixels from when not in image_bytes
     caption: str = _internal()  # the caption as given by the input, before cleaning
     lang: str = _internal()  # detected language of the caption
     conversations_lang: str = _internal()  # language of `conversations` as ingested

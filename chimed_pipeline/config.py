@@ -1,0 +1,35 @@
+"""The run's own options (everything Beam does not know about), picklable for the workers."""
+from __future__ import annotations
+
+import dataclasses
+
+from transforms.images import ImageLimits
+from transforms.licenses import LicensePolicy
+
+DEFAULT_SHARD_SAMPLES = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    inputs: tuple = ()
+    output: str = "out"
+    images: str = ""
+    license: LicensePolicy = LicensePolicy.COMMERCIAL
+    tm: tuple = ()
+    llm_model: str = ""
+    llm_base_url: str = ""
+    shard_samples: int = DEFAULT_SHARD_SAMPLES
+    image: ImageLimits = ImageLimits()
+
+    def manifest_options(self) -> dict:
+        """Only what changes the output's bytes: no paths, runner, workers, endpoints or times."""
+        return {
+            "license": self.license.value,
+            "shard_samples": self.shard_samples,
+            "image_format": self.image.image_format,
+            "image_max_side": self.image.max_side,
+            "image_min_side": self.image.min_side,
+            "image_max_aspect_ratio": self.image.max_aspect_ratio,
+            "image_max_pixels": self.image.max_pixels,
+            "llm_model": self.llm_model,
+        }

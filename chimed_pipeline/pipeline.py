@@ -1,0 +1,51 @@
+"""The pipeline, read top to bottom as the data-flow diagram.
+
+ingest -> image -> license -> dedup -> text -> translate -> instruct -> write. Each stage passes
+on the records still in the running and hands the rows it decided (rejected, duplicate) to the
+index; pixels leave the records after the image stage and meet them again in the writer.
+"""
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from chimed_pipeline.config import RunConfig
+from schemas import Record, release
+from transforms.base import apply_stage
+from transforms.dedup import Deduplicate
+from transforms.images import ProcessImageFn
+from transforms.ingest import ReadInputs
+from transforms.instruct import BuildInstructionsFn
+from transforms.license_filter import FilterLicenseFn
+from transforms.text import CleanCaptionFn
+from transforms.tm import ReadTranslationMemory
+from transforms.translate import Translate
+from transforms.write import WriteDataset
+
+
+def tm_patterns(config: RunConfig) -> list[str]:
+    """`--tm` first (in the order given), then the output's own tm/ so a rerun pays nothing twice."""
+    own = FileSystems.join(config.output, release.TM_DIR, "*.jsonl")
+    return [*config.tm, own]
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: RunConfig):
+    ingested = pipeline | "Ingest" >> ReadInputs(list(config.inputs), config.images)
+    images = apply_stage(ingested.records, "Images", ProcessImageFn(config.image))
+    pixels = images.records | "Pixels" >> beam.Map(lambda record: (record.key, record.image_bytes))
+    records = images.records | "DropPixels" >> beam.Map(Record.without_image)
+    licensed = apply_stage(records, "License", FilterLicenseFn(config.license))
+    unique = licensed.records | "Dedup" >> Deduplicate()
+    captions = apply_stage(unique.records, "Captions", CleanCaptionFn())
+    memory = pipeline | "TranslationMemory" >> ReadTranslationMemory(tm_patterns(config))
+    translated = captions.records | "Translate" >> Translate(memory)
+    instructed = apply_stage(translated.records, "Instruct", BuildInstructionsFn())
+    decided = (
+        ingested.rows, images.rows, licensed.rows, unique.rows, captions.rows, translated.rows, instructed.rows
+    ) | "DecidedRows" >> beam.Flatten()
+    return {
+        "records": instructed.records,
+        "pixels": pixels,
+        "rows": decided,
+        "tm_rows": translated.tm_rows,
+    } | "Write" >> WriteDataset(config.output, config.image.image_format, config.shard_samples, config.manifest_options())

@@ -1,0 +1,153 @@
+"""Translation stage: every English text (caption, inline mentions) gets its Chinese from the TM first.
+
+Texts are grouped by TM lookup key, so identical texts across records are resolved once. A hit
+takes the highest-precedence TM row; a miss goes to `translate_misses` (the LLM when `--llm-model`
+is given; otherwise it stays untranslated). Results are joined back to their records by id: a
+record whose caption has no translation is rejected with the reason; an untranslated inline mention
+is left out of `inline_mentions_zh` (the mentions are context, not the sample).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import apache_beam as beam
+
+from schemas import IndexRow, Reason, Record, Stage, TmKind, TmRow, tm_lookup_key
+from transforms.base import RECORDS, ROWS, StageResult, counter
+
+CAPTION_SLOT = "caption"
+MENTION_SLOT = "mention:"
+TGT_LANG = "zh"
+MISSES = "misses"
+USED_TM = "used_tm"
+REQUESTS = "requests"
+TM = "tm"
+RECORD = "record"
+RESULTS = "results"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextRequest:
+    record_id: str
+    slot: str  # CAPTION_SLOT or MENTION_SLOT + index
+    text: str
+    kind: str  # TmKind value
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotResult:
+    slot: str
+    target: str = ""
+    reason: Reason | None = None
+    detail: str = ""
+
+
+def text_requests(record: Record) -> list[TextRequest]:
+    requests = []
+    if record.caption_en and not record.caption_zh:
+        requests.append(TextRequest(record.id, CAPTION_SLOT, record.caption_en, TmKind.CAPTION.value))
+    for number, mention in enumerate(record.inline_mentions_en):
+        requests.append(TextRequest(record.id, f"{MENTION_SLOT}{number}", mention, TmKind.MENTION.value))
+    return requests
+
+
+def apply_results(record: Record, results: list[SlotResult]) -> Record | IndexRow:
+    """The record with its translations filled in, or a rejected row when its caption has none."""
+    by_slot = {result.slot: result for result in results}
+    caption = by_slot.get(CAPTION_SLOT)
+    if caption is not None and not caption.target:
+        return IndexRow.rejected(record, Stage.TRANSLATE, caption.reason or Reason.UNTRANSLATED, caption.detail)
+    mentions_zh = [
+        by_slot[slot].target
+        for slot in (f"{MENTION_SLOT}{n}" for n in range(len(record.inline_mentions_en)))
+        if slot in by_slot and by_slot[slot].target
+    ]
+    return dataclasses.replace(
+        record,
+        caption_zh=caption.target if caption is not None else record.caption_zh,
+        inline_mentions_zh=mentions_zh or record.inline_mentions_zh,
+    )
+
+
+class ResolveFromTmFn(beam.DoFn):
+    """One lookup key: its requests and TM rows -> results for hits, the key's requests for misses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hits = counter("translate.tm_hits")
+        self.misses = counter("translate.tm_misses")
+
+    def process(self, element):
+        _, grouped = element
+        requests = sorted(grouped[REQUESTS], key=lambda r: (r.record_id, r.slot))
+        if not requests:
+            return
+        candidates = sorted(grouped[TM], key=lambda ranked: ranked[0])
+        if not candidates:
+            self.misses.inc()
+            yield beam.pvalue.TaggedOutput(MISSES, requests)
+            return
+        row = candidates[0][1]
+        self.hits.inc(len(requests))
+        yield beam.pvalue.TaggedOutput(USED_TM, row)
+        for request in requests:
+            yield request.record_id, SlotResult(request.slot, target=row.target)
+
+
+def leave_untranslated(requests: list[TextRequest]):
+    """What a miss becomes without an LLM: the text stays untranslated."""
+    for request in requests:
+        detail = "no translation in the TM and no --llm-model given"
+        yield request.record_id, SlotResult(request.slot, reason=Reason.UNTRANSLATED, detail=detail)
+
+
+class ApplyTranslationsFn(beam.DoFn):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rejected = counter("translate.rejected")
+
+    def process(self, element):
+        _, grouped = element
+        for record in grouped[RECORD]:  # exactly one record per id
+            result = apply_results(record, list(grouped[RESULTS]))
+            if isinstance(result, IndexRow):
+                self.rejected.inc()
+                yield beam.pvalue.TaggedOutput(ROWS, result)
+            else:
+                yield result
+
+
+@dataclasses.dataclass
+class TranslateResult(StageResult):
+    tm_rows: beam.PCollection  # TmRow: every TM row this run used or produced
+
+
+class Translate(beam.PTransform):
+    def __init__(self, tm: beam.PCollection, translate_misses: beam.PTransform | None = None) -> None:
+        super().__init__()
+        self.tm = tm
+        self.translate_misses = translate_misses
+
+    def expand(self, records) -> TranslateResult:
+        requests = records | "Requests" >> beam.FlatMap(
+            lambda record: [(tm_lookup_key(r.text, TGT_LANG, r.kind), r) for r in text_requests(record)]
+        )
+        resolved = (
+            {REQUESTS: requests, TM: self.tm}
+            | "JoinTm" >> beam.CoGroupByKey()
+            | "ResolveTm" >> beam.ParDo(ResolveFromTmFn()).with_outputs(MISSES, USED_TM, main="hits")
+        )
+        if self.translate_misses is None:
+            from_misses = resolved[MISSES] | "Untranslated" >> beam.FlatMap(leave_untranslated)
+            new_tm_rows = []
+        else:
+            translated = resolved[MISSES] | "Llm" >> self.translate_misses
+            from_misses, new_tm_rows = translated.results, [translated.tm_rows]
+        results = (resolved.hits, from_misses) | "AllResults" >> beam.Flatten()
+        applied = (
+            {RECORD: records | "ById" >> beam.Map(lambda r: (r.id, r)), RESULTS: results}
+            | "JoinRecords" >> beam.CoGroupByKey()
+            | "Apply" >> beam.ParDo(ApplyTranslationsFn()).with_outputs(ROWS, main=RECORDS)
+        )
+        tm_rows = (resolved[USED_TM], *new_tm_rows) | "TmRows" >> beam.Flatten()
+        return TranslateResult(records=applied[RECORDS], rows=applied[ROWS], tm_rows=tm_rows)
