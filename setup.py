@@ -9,7 +9,7 @@ setup(
     description="Rebuild a ChiMed-VL-style Chinese medical vision-language corpus, with images, from PMC figures",
     python_requires=">=3.10",
     packages=find_packages(include=["chimed_pipeline*", "transforms*", "schemas*"]),
-    package_data={"chimed_pipeline": ["sample/*", "data/*"], "transforms": ["data/*"]},
+    package_data={"chimed_pipeline": ["sample_data/*", "data/*"], "transforms": ["data/*"]},
     include_package_data=True,
     install_requires=[
         f"apache-beam=={BEAM_VERSION}",
