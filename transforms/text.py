@@ -25,6 +25,7 @@ _INVISIBLE = re.compile("[\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060\ufeff\u00
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LETTER = re.compile(r"[^\W\d_]")
 CJK_SHARE_FOR_CHINESE = 0.3
+MIN_LETTERS_TO_DETECT = 3
 
 
 def clean_text(text: str) -> str:
@@ -49,6 +50,8 @@ def detect_language(text: str) -> str:
         return ""
     if len(_CJK.findall(text)) / len(letters) >= CJK_SHARE_FOR_CHINESE:
         return "zh"
+    if len(letters) < MIN_LETTERS_TO_DETECT:  # "(A) 12" would be guessed as anything
+        return ""
     from langdetect.lang_detect_exception import LangDetectException
 
     try:
