@@ -83,7 +83,9 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
-def retrying(policy: RetryPolicy, what: str, call: Callable[[], T], progressed: Callable[[], bool] = lambda: False) -> T:
+def retrying(
+    policy: RetryPolicy, what: str, call: Callable[[], T], progressed: Callable[[], bool] = lambda: False
+) -> T:
     """call() until it succeeds; transient errors are retried with backoff, the rest raised at once.
 
     `progressed()` is asked after each failure; True (the try moved a file forward) restores the budget.
@@ -124,7 +126,8 @@ class _SameHostAuthRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         auth = req.unredirected_hdrs.get("Authorization")
-        if new is not None and auth and urllib.parse.urlsplit(newurl).netloc == urllib.parse.urlsplit(req.full_url).netloc:
+        same_host = urllib.parse.urlsplit(newurl).netloc == urllib.parse.urlsplit(req.full_url).netloc
+        if new is not None and auth and same_host:
             new.add_unredirected_header("Authorization", auth)
         return new
 
@@ -239,7 +242,7 @@ def open_source(root: str, timeout: float = 60.0) -> Source:
         return hf_source(root, timeout)
     if scheme in ("gs", "s3") or "://" not in root:
         return BeamSource(root)
-    raise ValueError(f"{root!r}: unsupported release root (https://, http://, hf://datasets/..., gs://, s3://, or a path)")
+    raise ValueError(f"{root!r}: unsupported release root (https, http, hf://datasets/..., gs, s3, or a path)")
 
 
 @dataclasses.dataclass
@@ -373,8 +376,9 @@ def _copy_verified(src: str, dst: str, entry: FileInfo) -> str:
     """Copy one file between Beam paths, check what was read against the manifest, then read back dst."""
     file_systems, raw = _beam()
     digest = hashlib.sha256()
-    with file_systems.open(src, compression_type=raw) as reader, file_systems.create(dst, compression_type=raw) as writer:
-        size = _copy(reader, writer, lambda _: None, digest)
+    with file_systems.open(src, compression_type=raw) as reader:
+        with file_systems.create(dst, compression_type=raw) as writer:
+            size = _copy(reader, writer, lambda _: None, digest)
     if size != entry.bytes or digest.hexdigest() != entry.sha256:
         file_systems.delete([dst])
         return f"source {src} does not match the manifest (size {size}, sha256 {digest.hexdigest()}); not published"
@@ -388,22 +392,27 @@ def _copy_verified(src: str, dst: str, entry: FileInfo) -> str:
 def publish_release(src: str, dest: str, workers: int = 4) -> list[Problem]:
     """Copy the release at `src` to the release root `dest`; the problems (none means published).
 
-    Every listed file is checked against the manifest as it is read and again as read back from dest;
-    manifest.json goes last, so a reader of dest never sees a manifest whose files are not all there.
+    Every listed file is checked against the manifest as it is read and again as read back from dest.
+    A manifest already at dest is removed first and the new one written last, so a reader of dest
+    never sees a manifest whose files are not all there, even after a failed publish.
     """
     if dest.startswith("hf://"):
         return _publish_to_hub(src, dest)
     file_systems, raw = _beam()
     manifest_bytes = BeamSource(src).read(MANIFEST)
     files = release_files(parse_manifest(manifest_bytes))
+    manifest_path = file_systems.join(dest, MANIFEST)
+    if file_systems.exists(manifest_path):
+        file_systems.delete([manifest_path])
+
+    def publish(entry: FileInfo) -> str:
+        return _copy_verified(file_systems.join(src, entry.path), file_systems.join(dest, entry.path), entry)
+
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="publish") as pool:
-        details = list(
-            pool.map(lambda f: _copy_verified(file_systems.join(src, f.path), file_systems.join(dest, f.path), f), files)
-        )
+        details = list(pool.map(publish, files))
     problems = [Problem(f.path, d) for f, d in zip(files, details) if d]
     if problems:
         return problems
-    manifest_path = file_systems.join(dest, MANIFEST)
     with file_systems.create(manifest_path, compression_type=raw) as writer:
         writer.write(manifest_bytes)
     with file_systems.open(manifest_path, compression_type=raw) as stream:

@@ -16,61 +16,24 @@ import pytest
 from chimed_pipeline import cli
 from chimed_pipeline.release import PART_SUFFIX, release_files
 from chimed_pipeline.transfer import HttpSource
-from schemas.release import M_FILES, M_SHARDS, M_VERSION, MANIFEST, MANIFEST_VERSION, shard_name
+from schemas.release import M_FILES, MANIFEST, shard_name
 
 FAST = ["--backoff", "0", "--workers", "4"]
 
 
 # --- a release to serve ---------------------------------------------------------------------------
 
+SHARD = shard_name(0)  # every release has shard 0; the bundled sample builds just this one
+
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _synthetic_release(root: Path) -> Path:
-    """Three WebDataset shards plus index, TM, report and card, with the pipeline's manifest contract."""
-    import random
-
-    import webdataset as wds
-
-    rng = random.Random(8)
-    shards = []
-    for number in range(3):
-        path = root / shard_name(number)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with wds.TarWriter(str(path)) as writer:
-            for i in range(4):
-                key = f"PMC{number}_{i}"
-                record = {"id": key, "key": key, "caption_zh": "胸部X线片"}
-                writer.write({"__key__": key, "jpg": rng.randbytes(60_000), "txt": "胸部X线片", "json": record})
-        data = path.read_bytes()
-        shards.append({"name": shard_name(number), "samples": 4, "bytes": len(data), "sha256": _sha256(data)})
-    others = {
-        "index/part-00000.parquet": rng.randbytes(5_000),
-        "tm/part-00000.jsonl": json.dumps({"source": "chest", "target": "胸部"}, ensure_ascii=False).encode() + b"\n",
-        "report/stats.json": b'{"kept": 12}',
-        "README.md": b"# dataset card\n",
-    }
-    files = []
-    for name, data in others.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-        files.append({"path": name, "bytes": len(data), "sha256": _sha256(data)})
-    manifest = {M_VERSION: MANIFEST_VERSION, M_SHARDS: shards, M_FILES: files}
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    return root
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory) -> Path:
-    return _synthetic_release(tmp_path_factory.mktemp("built"))
-
-
 @pytest.fixture
-def served(release, tmp_path) -> Path:
-    """A per-test copy of the release, so a test may damage what the server serves."""
-    return Path(shutil.copytree(release, tmp_path / "served"))
+def served(built_release, tmp_path) -> Path:
+    """A per-test copy of the bundled sample the pipeline built (conftest), so a test may damage it."""
+    return Path(shutil.copytree(built_release, tmp_path / "served"))
 
 
 def _listed(root: Path) -> list[str]:
@@ -208,44 +171,42 @@ def test_full_download_mirrors_the_release_and_a_rerun_fetches_nothing(server, s
 
 def test_interrupted_download_resumes_from_the_part_file(server, served, tmp_path):
     dest = tmp_path / "dest"
-    shard = shard_name(1)
-    half = (served / shard).stat().st_size // 2
-    server.cut_at[shard] = [half, -1]  # the connection always dies half way through this shard
+    half = (served / SHARD).stat().st_size // 2
+    server.cut_at[SHARD] = [half, -1]  # the connection always dies half way through this shard
     assert download(server.url, str(dest), *FAST, "--retries", "1") == 1
-    assert not (dest / shard).exists()
-    assert (dest / (shard + PART_SUFFIX)).stat().st_size == half
-    assert server.fetched(shard) == [None, f"bytes={half}-"]  # the retry resumed too
+    assert not (dest / SHARD).exists()
+    assert (dest / (SHARD + PART_SUFFIX)).stat().st_size == half
+    assert server.fetched(SHARD) == [None, f"bytes={half}-"]  # the retry resumed too
 
-    del server.cut_at[shard]
+    del server.cut_at[SHARD]
     server.requests.clear()
     assert download(server.url, str(dest), *FAST) == 0
-    assert sorted(name for name, _ in server.requests) == [MANIFEST, shard]  # completed files not refetched
-    assert server.fetched(shard) == [f"bytes={half}-"]
+    assert sorted(name for name, _ in server.requests) == [MANIFEST, SHARD]  # completed files not refetched
+    assert server.fetched(SHARD) == [f"bytes={half}-"]
     assert_mirrors(dest, served, _listed(served))
 
 
 def test_connection_dropped_mid_body_is_retried_with_range_in_the_same_run(server, served, tmp_path):
-    shard = shard_name(0)
     cut = 70_000
-    server.cut_at[shard] = [cut, 1]
+    server.cut_at[SHARD] = [cut, 1]
     assert download(server.url, str(tmp_path / "dest"), *FAST) == 0
-    assert server.fetched(shard) == [None, f"bytes={cut}-"]
+    assert server.fetched(SHARD) == [None, f"bytes={cut}-"]
     assert_mirrors(tmp_path / "dest", served, _listed(served))
 
 
 def test_server_errors_are_retried(server, served, tmp_path):
     server.fail_500[MANIFEST] = 2
-    server.fail_500[shard_name(2)] = 3
+    server.fail_500[SHARD] = 3
     assert download(server.url, str(tmp_path / "dest"), *FAST) == 0
-    assert len(server.fetched(MANIFEST)) == 3 and len(server.fetched(shard_name(2))) == 4
+    assert len(server.fetched(MANIFEST)) == 3 and len(server.fetched(SHARD)) == 4
     assert_mirrors(tmp_path / "dest", served, _listed(served))
 
 
 def test_server_errors_beyond_the_retry_budget_fail_naming_the_file(server, tmp_path, caplog):
-    server.fail_500[shard_name(2)] = 10
+    server.fail_500[SHARD] = 10
     assert download(server.url, str(tmp_path / "dest"), *FAST, "--retries", "2") == 1
-    assert shard_name(2) in caplog.text and "500" in caplog.text
-    assert not (tmp_path / "dest" / shard_name(2)).exists()
+    assert SHARD in caplog.text and "500" in caplog.text
+    assert not (tmp_path / "dest" / SHARD).exists()
 
 
 def test_missing_files_are_not_retried_and_a_missing_manifest_is_named(server, served, tmp_path, caplog):
@@ -261,44 +222,42 @@ def test_missing_files_are_not_retried_and_a_missing_manifest_is_named(server, s
 
 
 def test_shard_corrupted_on_the_server_is_never_accepted(server, served, tmp_path, caplog):
-    shard = served / shard_name(1)
-    data = bytearray(shard.read_bytes())
+    data = bytearray((served / SHARD).read_bytes())
     data[1000] ^= 0xFF  # same size, one bit pattern off: only the sha256 can tell
-    shard.write_bytes(bytes(data))
+    (served / SHARD).write_bytes(bytes(data))
     dest = tmp_path / "dest"
 
     assert download(server.url, str(dest), *FAST) == 1
-    assert shard_name(1) in caplog.text and "sha256" in caplog.text
-    assert not (dest / shard_name(1)).exists() and not (dest / (shard_name(1) + PART_SUFFIX)).exists()
-    assert server.fetched(shard_name(1)) == [None, None]  # fetched again once, from scratch
-    others = [name for name in _listed(served) if name != shard_name(1)]
+    assert SHARD in caplog.text and "sha256" in caplog.text
+    assert not (dest / SHARD).exists() and not (dest / (SHARD + PART_SUFFIX)).exists()
+    assert server.fetched(SHARD) == [None, None]  # fetched again once, from scratch
+    others = [name for name in _listed(served) if name != SHARD]
     assert_mirrors(dest, served, others)  # the rest of the release still arrived
 
     caplog.clear()
     assert cli.main(["verify", str(dest)]) == 1
-    assert f"{shard_name(1)}: missing" in caplog.text
+    assert f"{SHARD}: missing" in caplog.text
 
 
 def test_a_stale_part_from_another_release_is_replaced(server, served, tmp_path):
     dest = tmp_path / "dest"
-    part = dest / (shard_name(0) + PART_SUFFIX)
+    part = dest / (SHARD + PART_SUFFIX)
     part.parent.mkdir(parents=True)
     part.write_bytes(b"x" * 5000)  # a resumable-looking prefix whose bytes are wrong
     assert download(server.url, str(dest), *FAST) == 0
-    assert server.fetched(shard_name(0)) == ["bytes=5000-", None]
+    assert server.fetched(SHARD) == ["bytes=5000-", None]
     assert_mirrors(dest, served, _listed(served))
 
 
 def test_a_server_sending_more_than_the_manifest_says_cannot_fill_the_disk(server, served, tmp_path, caplog):
-    shard = shard_name(0)
-    with open(served / shard, "ab") as grown:
+    with open(served / SHARD, "ab") as grown:
         grown.write(b"\0" * 3_000_000)
     part = tmp_path / "x.part"
-    HttpSource(server.url).fetch(shard, part, 1000, lambda _: None)
+    HttpSource(server.url).fetch(SHARD, part, 1000, lambda _: None)
     assert part.stat().st_size == 1001  # one byte past the expected size: enough to know it is wrong
 
     assert download(server.url, str(tmp_path / "dest"), *FAST) == 1
-    assert f"{shard}: " in caplog.text and "size" in caplog.text
+    assert f"{SHARD}: " in caplog.text and "size" in caplog.text
 
 
 def test_include_fetches_only_matching_files(server, served, tmp_path, caplog):
@@ -317,13 +276,13 @@ def test_verify_names_damaged_and_missing_files_and_download_repairs_only_those(
     dest = tmp_path / "dest"
     assert download(server.url, str(dest), *FAST) == 0
     (dest / "README.md").write_bytes(b"edited\n")
-    (dest / shard_name(2)).unlink()
+    (dest / SHARD).unlink()
     assert cli.main(["verify", str(dest)]) == 1
-    assert "README.md: size" in caplog.text and f"{shard_name(2)}: missing" in caplog.text
+    assert "README.md: size" in caplog.text and f"{SHARD}: missing" in caplog.text
 
     server.requests.clear()
     assert download(server.url, str(dest), *FAST) == 0
-    assert sorted(name for name, _ in server.requests) == sorted([MANIFEST, "README.md", shard_name(2)])
+    assert sorted(name for name, _ in server.requests) == sorted([MANIFEST, "README.md", SHARD])
     assert cli.main(["verify", str(dest)]) == 0
 
 
@@ -349,15 +308,15 @@ def test_symlink_in_dest_pointing_outside_is_refused(server, tmp_path, caplog):
     assert not any(outside.iterdir())
 
 
-def test_hf_dataset_root_maps_to_resolve_urls_and_sends_the_token_to_the_hub_only(release, tmp_path, monkeypatch):
+def test_hf_dataset_root_maps_to_resolve_urls_and_sends_the_token_to_the_hub_only(built_release, tmp_path, monkeypatch):
     prefix = "/datasets/team/chimed/resolve/refs/pr/1/"  # the client sends refs%2Fpr%2F1; it arrives decoded
-    with serving(release, prefix) as srv:
+    with serving(built_release, prefix) as srv:
         port = srv.server_address[1]
         srv.redirect_base = f"http://localhost:{port}{prefix}"  # a different host: stands in for the CDN
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
         monkeypatch.setenv("HF_TOKEN", "hf_test_token")
         assert download("hf://datasets/team/chimed@refs/pr/1", str(tmp_path / "dest"), *FAST) == 0
-    assert_mirrors(tmp_path / "dest", release, _listed(release))
+    assert_mirrors(tmp_path / "dest", built_release, _listed(built_release))
     auth_by_host = {(h["Host"].split(":")[0], h.get("Authorization")) for h in srv.headers_seen}
     assert auth_by_host == {("127.0.0.1", "Bearer hf_test_token"), ("localhost", None)}
 
@@ -378,9 +337,10 @@ def test_publish_to_a_local_root_then_download_from_it(served, tmp_path):
     assert_mirrors(tmp_path / "from-path", served, _listed(served))
 
 
-def test_publish_refuses_a_source_that_does_not_match_its_manifest(served, tmp_path, caplog):
-    (served / "report/stats.json").write_bytes(b'{"kept": 13}')
+def test_publish_refuses_a_damaged_source_and_leaves_no_manifest_behind(served, tmp_path, caplog):
     root = tmp_path / "release-root"
+    assert cli.main(["publish", str(served), str(root)]) == 0
+    (served / "report/stats.json").write_bytes(b'{"kept": 13}')
     assert cli.main(["publish", str(served), str(root)]) == 1
     assert "report/stats.json" in caplog.text
     assert not (root / MANIFEST).exists() and not (root / "report/stats.json").exists()
