@@ -15,7 +15,7 @@ $(VENV)/.base: $(PY) setup.py requirements.lock
 	@touch $@
 
 $(VENV)/.dev: $(VENV)/.base
-	$(PIP) -e '.[dev,train]'
+	$(PIP) -e '.[dev,train,gcp]'
 	@touch $@
 
 demo: $(VENV)/.base

@@ -23,6 +23,7 @@ setup(
         "jieba==0.42.1",
         "openai>=1.40",
         "tqdm>=4.66",
+        "matplotlib>=3.8",  # run report plots
     ],
     extras_require={
         "dev": ["pytest>=8", "datasets>=3", "imagehash>=4.3"],
