@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from chimed_pipeline.llm import LlmConfig
 from transforms.images import ImageLimits
 from transforms.licenses import LicensePolicy
 
@@ -16,8 +17,7 @@ class RunConfig:
     images: str = ""
     license: LicensePolicy = LicensePolicy.COMMERCIAL
     tm: tuple = ()
-    llm_model: str = ""
-    llm_base_url: str = ""
+    llm: LlmConfig = LlmConfig()  # --llm-*: endpoint, limits, batches (never the key)
     shard_samples: int = DEFAULT_SHARD_SAMPLES
     image: ImageLimits = ImageLimits()
 
@@ -31,5 +31,5 @@ class RunConfig:
             "image_min_side": self.image.min_side,
             "image_max_aspect_ratio": self.image.max_aspect_ratio,
             "image_max_pixels": self.image.max_pixels,
-            "llm_model": self.llm_model,
+            "llm_model": self.llm.model,
         }

@@ -143,8 +143,9 @@ def llm_config_from_args(args: argparse.Namespace) -> LlmConfig:
         batch_items=args.llm_batch_items,
         batch_tokens=args.llm_batch_tokens,
     )
-    if config.concurrency < 1 or config.batch_items < 1 or config.batch_tokens < 1 or config.max_retries < 0:
-        raise LlmConfigError("--llm-concurrency, --llm-batch-items and --llm-batch-tokens must be >= 1")
+    if min(config.concurrency, config.batch_items, config.batch_tokens) < 1 or config.max_retries < 0:
+        raise SystemExit("error: --llm-concurrency, --llm-batch-items and --llm-batch-tokens must be >= 1, "
+                         "--llm-max-retries >= 0")
     return config
 
 

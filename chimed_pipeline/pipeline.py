@@ -19,7 +19,7 @@ from transforms.instruct import BuildInstructionsFn
 from transforms.license_filter import FilterLicenseFn
 from transforms.text import CleanCaptionFn
 from transforms.tm import ReadTranslationMemory
-from transforms.translate import Translate
+from transforms.translate import Translate, translate_misses
 from transforms.write import WriteDataset
 
 
@@ -38,7 +38,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: RunConfig):
     unique = licensed.records | "Dedup" >> Deduplicate()
     captions = apply_stage(unique.records, "Captions", CleanCaptionFn())
     memory = pipeline | "TranslationMemory" >> ReadTranslationMemory(tm_patterns(config))
-    translated = captions.records | "Translate" >> Translate(memory)
+    translated = captions.records | "Translate" >> Translate(memory, translate_misses(config.llm))
     instructed = apply_stage(translated.records, "Instruct", BuildInstructionsFn())
     decided = (
         ingested.rows, images.rows, licensed.rows, unique.rows, captions.rows, translated.rows, instructed.rows

@@ -4,10 +4,11 @@ from __future__ import annotations
 import io
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
 import fakellm
-from chimed_pipeline.llm import PROMPT_TOKENS, REQUESTS, SPLITS, LlmClient, pack_batches
+from chimed_pipeline.llm import PROMPT_TOKENS, REQUESTS, SPLITS, LlmClient, LlmConfig, pack_batches
 from schemas import Reason, TmKind
 from transforms.glossary import load_glossary, parse_glossary
 from transforms.translation import (
@@ -181,7 +182,9 @@ def test_every_item_ends_translated_or_failed_with_a_reason_whatever_the_faults(
     assert counters.get(CHECK_RETRIES) == 2  # the English one and the one that dropped numbers
     assert counters.get(SPLITS) >= 3  # the poisoned batch split down to its one bad item
     assert counters.get(REQUESTS) == len(fake.requests)
-    assert counters.get(PROMPT_TOKENS) == fake.totals()["prompt_tokens"]
+    # What the client was told it used: every reply it received (not the slow one it gave up on).
+    received = [r for r in fake.requests if r.fault != fakellm.SLOW]
+    assert counters.get(PROMPT_TOKENS) == sum(r.prompt_tokens for r in received)
     system_prompts = [r.body["messages"][0]["content"] for r in fake.requests]
     assert any(CORRECTIONS_HEADING in p and "numbers missing" in p for p in system_prompts)
     assert KEY not in caplog.text
@@ -199,8 +202,44 @@ def test_a_failing_server_fails_the_batch_without_splitting_it(fake):
 def test_dry_run_estimate_matches_the_requests_a_clean_run_makes(fake):
     texts = fakellm.figure_captions(50, seed=3)
     translator = make_translator(fake, batch_items=32, batch_tokens=1500)
-    estimate = translator.estimate(items_for(texts))
+    estimate = estimate_cost(texts, translator.config, translator.glossary)
     translator.translate(items_for(texts))
     assert estimate.items == 50 and estimate.requests == len(fake.requests)
     actual = fake.totals()["prompt_tokens"]
     assert 0.5 * actual < estimate.prompt_tokens < 2 * actual
+
+
+# --- in the pipeline ------------------------------------------------------------------------------
+
+
+def test_pipeline_translates_tm_misses_and_a_rerun_with_its_tm_pays_nothing(fake, tmp_path, monkeypatch):
+    from conftest import run_pipeline
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    llm = ["--llm-model", "fake-model", "--llm-base-url", fake.base_url, "--qa", "template"]
+    first = run_pipeline(tmp_path / "first", *llm)
+    assert len(fake.requests) == 1  # the bundled sample's TM lacks one caption
+    new_rows = [json.loads(line) for line in (first / "tm" / "part-00000.jsonl").read_text().splitlines()]
+    [new_row] = [row for row in new_rows if row["model"] == "fake-model"]
+    assert new_row["prompt_version"] == PROMPT_VERSION and new_row["kind"] == TmKind.CAPTION.value
+    index = pq.read_table(first / "index" / "part-00000.parquet").to_pylist()
+    assert not [row for row in index if row["reason"] == Reason.UNTRANSLATED.value]
+    assert KEY not in str(index)
+
+    run_pipeline(tmp_path / "second", *llm, "--tm", str(first / "tm" / "part-00000.jsonl"))
+    assert len(fake.requests) == 1  # everything came from the first run's TM
+
+
+def test_dry_run_estimates_and_calls_nothing(monkeypatch):
+    from transforms.translate import DRY_RUN_PREFIX, SlotResult, TextRequest, TranslateMissesFn
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a dry run needs no key
+    fn = TranslateMissesFn(LlmConfig(dry_run=True))
+    fn.setup()
+    texts = fakellm.figure_captions(3, seed=4)
+    misses = [[TextRequest(f"r{n}", "caption", text, TmKind.CAPTION.value)] for n, text in enumerate(texts)]
+    outputs = list(fn.process(misses))
+    assert [record_id for record_id, _ in outputs] == ["r0", "r1", "r2"]
+    assert all(isinstance(r, SlotResult) and r.reason == Reason.UNTRANSLATED and not r.target for _, r in outputs)
+    assert fn.counters.snapshot()[f"{DRY_RUN_PREFIX}requests"] == 1
+    fn.teardown()

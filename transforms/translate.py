@@ -12,8 +12,11 @@ import dataclasses
 
 import apache_beam as beam
 
+from chimed_pipeline.llm import Counters, LlmConfig
 from schemas import IndexRow, Reason, Record, Stage, TmKind, TmRow, tm_lookup_key
 from transforms.base import RECORDS, ROWS, StageResult, counter
+from transforms.glossary import load_glossary
+from transforms.translation import TranslationItem, TranslationResult, Translator, estimate_cost
 
 CAPTION_SLOT = "caption"
 MENTION_SLOT = "mention:"
@@ -151,3 +154,77 @@ class Translate(beam.PTransform):
         )
         tm_rows = (resolved[USED_TM], *new_tm_rows) | "TmRows" >> beam.Flatten()
         return TranslateResult(records=applied[RECORDS], rows=applied[ROWS], tm_rows=tm_rows)
+
+
+# --- TM misses through the LLM (--llm-model), or estimated (--llm-dry-run) --------------------
+
+NEW_TM = "new_tm"
+BATCHES_PER_CALL = 2  # each DoFn call fills the request pool this many times over
+DRY_RUN_DETAIL = "--llm-dry-run: estimated, not translated"
+DRY_RUN_PREFIX = "translate.dry_run_"  # + items, requests, prompt_tokens, completion_tokens
+
+
+class TranslateMissesFn(beam.DoFn):
+    """A batch of misses (each: the requests sharing one lookup key) -> a SlotResult for every
+    request, plus a TmRow (tagged NEW_TM) for every new translation. With --llm-dry-run it only
+    adds the estimated requests and tokens to the counters."""
+
+    def __init__(self, llm: LlmConfig) -> None:
+        super().__init__()
+        self.llm = llm
+
+    def setup(self) -> None:
+        from chimed_pipeline.llm import LlmClient
+
+        self.counters = Counters()
+        self.client = None if self.llm.dry_run else LlmClient.from_config(self.llm, counters=self.counters)
+        self.glossary = load_glossary()
+
+    def process(self, misses: list[list[TextRequest]]):
+        items = [TranslationItem(str(n), group[0].text, TmKind(group[0].kind)) for n, group in enumerate(misses)]
+        if self.client is None:
+            estimate = estimate_cost([item.text for item in items], self.llm, self.glossary)
+            for name, value in dataclasses.asdict(estimate).items():
+                self.counters.inc(f"{DRY_RUN_PREFIX}{name}", value)
+            results = [TranslationResult(i.item_id, reason=Reason.UNTRANSLATED, detail=DRY_RUN_DETAIL) for i in items]
+        else:
+            results = Translator(self.client, self.llm, self.glossary).translate(items)
+        for group, result in zip(misses, results):
+            if result.tm_row is not None:
+                yield beam.pvalue.TaggedOutput(NEW_TM, result.tm_row)
+            for request in group:
+                yield request.record_id, SlotResult(request.slot, result.target, result.reason, result.detail)
+        for name, delta in self.counters.drain().items():
+            counter(name).inc(delta)
+
+    def teardown(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
+@dataclasses.dataclass
+class MissTranslations:
+    results: beam.PCollection  # (record id, SlotResult) for every request of every miss
+    tm_rows: beam.PCollection  # TmRow for every new translation
+
+
+class TranslateMisses(beam.PTransform):
+    """TM misses through the LLM, in batches large enough to fill every concurrent request."""
+
+    def __init__(self, llm: LlmConfig) -> None:
+        super().__init__()
+        self.llm = llm
+
+    def expand(self, misses) -> MissTranslations:
+        size = self.llm.batch_items * self.llm.concurrency * BATCHES_PER_CALL
+        translated = (
+            misses
+            | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
+            | "Translate" >> beam.ParDo(TranslateMissesFn(self.llm)).with_outputs(NEW_TM, main=RESULTS)
+        )
+        return MissTranslations(results=translated[RESULTS], tm_rows=translated[NEW_TM])
+
+
+def translate_misses(llm: LlmConfig) -> TranslateMisses | None:
+    """The LLM step for `Translate`: None (misses stay untranslated) unless --llm-model or --llm-dry-run."""
+    return TranslateMisses(llm) if llm.model or llm.dry_run else None

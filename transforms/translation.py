@@ -279,9 +279,6 @@ class Translator:
             jobs = retries
         return results
 
-    def estimate(self, items: Sequence[TranslationItem]) -> CostEstimate:
-        return estimate_cost([item.text for item in items], self.config, self.glossary)
-
     def _run(self, jobs: list[_Job]) -> list[ItemReply]:
         return self.client.request_batched(jobs, [job.source for job in jobs], self._messages, name=SCHEMA_NAME)
 

@@ -8,6 +8,7 @@ import os
 import re
 
 from chimed_pipeline.config import DEFAULT_SHARD_SAMPLES, RunConfig
+from chimed_pipeline.llm import add_llm_arguments, llm_config_from_args
 from transforms.images import ImageLimits
 from transforms.licenses import LicensePolicy
 
@@ -26,11 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="commercial: CC BY, CC0, public domain; noncommercial: any CC; any: everything")
     parser.add_argument("--tm", nargs="+", default=[], metavar="PATH_OR_GLOB",
                         help="translation memories (JSONL), earlier ones take precedence")
-    parser.add_argument("--llm-model", default="", help="use this LLM for translation (opt-in)")
-    parser.add_argument("--llm-base-url", default="", help="OpenAI-compatible endpoint (default $OPENAI_BASE_URL)")
     parser.add_argument("--shard-samples", type=int, default=DEFAULT_SHARD_SAMPLES, help="target samples per shard")
     parser.add_argument("--image-format", choices=["jpg", "png"], default="jpg")
     parser.add_argument("--image-max-side", type=int, default=ImageLimits.max_side)
+    add_llm_arguments(parser)
 
 
 def _check_local_inputs(paths: list[str]) -> list[str]:
@@ -61,8 +61,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         images=_local_path(images),
         license=LicensePolicy(args.license),
         tm=tuple(_check_local_inputs(tm)),
-        llm_model=args.llm_model,
-        llm_base_url=args.llm_base_url,
+        llm=llm_config_from_args(args),
         shard_samples=args.shard_samples,
         image=ImageLimits(max_side=args.image_max_side, image_format=args.image_format),
     )
@@ -99,6 +98,23 @@ def summarize(output: str) -> str:
     return "\n".join(lines)
 
 
+def summarize_llm(result) -> str:
+    """Translation-memory and LLM counters (cost, retries, dry-run estimate), summed over steps.
+
+    Printed, not written to the release: a rerun costs less, and the release must not differ.
+    """
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from transforms.base import METRICS_NAMESPACE
+
+    totals: dict[str, int] = {}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
+        name = counter.key.metric.name
+        if name.startswith(("llm.", "translate.")):
+            totals[name] = totals.get(name, 0) + counter.committed
+    return "  ".join(f"{name}: {value}" for name, value in sorted(totals.items()))
+
+
 def run(config: RunConfig, beam_args: list[str]):
     from chimed_pipeline.pipeline import build_pipeline
 
@@ -110,20 +126,15 @@ def run(config: RunConfig, beam_args: list[str]):
 
 
 def main(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.runner import PipelineState
 
-    from chimed_pipeline.dataflow import check_dataflow_args, job_description
-
-    check_dataflow_args(args, PipelineOptions(beam_args))
     config = config_from_args(args)
     result = run(config, beam_args)
-    description = job_description(result)
-    if description is not None:  # --dry_run=True: validated offline, nothing submitted or written
-        print(json.dumps(description, indent=2))
-        return 0
     if result.state != PipelineState.DONE:
         print(f"pipeline ended in state {result.state}; output: {config.output}")
         return 1
     print(summarize(config.output))
+    llm_summary = summarize_llm(result)
+    if llm_summary:
+        print(llm_summary)
     return 0
