@@ -126,10 +126,18 @@ def run(config: RunConfig, beam_args: list[str]):
 
 
 def main(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.runner import PipelineState
 
+    from chimed_pipeline.dataflow import check_dataflow_args, job_description
+
+    check_dataflow_args(args, PipelineOptions(beam_args))
     config = config_from_args(args)
     result = run(config, beam_args)
+    description = job_description(result)
+    if description is not None:  # --dry_run=True: validated offline, nothing submitted or written
+        print(json.dumps(description, indent=2))
+        return 0
     if result.state != PipelineState.DONE:
         print(f"pipeline ended in state {result.state}; output: {config.output}")
         return 1
