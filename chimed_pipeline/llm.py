@@ -394,35 +394,55 @@ class RateLimiter:
 
 
 class AdaptiveThrottle:
-    """Client-side adaptive throttling as in Beam's RemoteModelHandler (Google SRE book, "Handling
-    Overload"): once requests outnumber successes by more than the overload ratio, a share of new
-    requests waits before going out, so an overloaded endpoint is not hammered further."""
+    """Client-side adaptive throttling, the algorithm of Beam's RemoteModelHandler (Google SRE book,
+    "Handling Overload"): once recent requests outnumber accepted ones by more than the overload
+    ratio K, each new request is held back with probability (requests - K * accepts) / (requests + 1),
+    so an overloaded endpoint is not hammered further.
 
-    def __init__(self, config: LlmConfig, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
-        from apache_beam.io.components.adaptive_throttler import AdaptiveThrottler
+    Unlike Beam's AdaptiveThrottler, a request counts when its answer is known, not when it leaves:
+    with many requests in flight, the ones still waiting are not failures.
+    """
 
-        self._throttler = AdaptiveThrottler(
-            window_ms=60_000, bucket_ms=1_000, overload_ratio=config.throttle_overload_ratio
-        )
+    WINDOW_MS = 60_000
+    BUCKET_MS = 1_000
+
+    def __init__(
+        self, config: LlmConfig, clock: Callable[[], float], sleep: Callable[[float], None], rng: random.Random
+    ) -> None:
+        from apache_beam.io.components.util import MovingSum
+
+        self._requests = MovingSum(self.WINDOW_MS, self.BUCKET_MS)
+        self._accepts = MovingSum(self.WINDOW_MS, self.BUCKET_MS)
+        self._ratio = config.throttle_overload_ratio
         self._delay_s = config.throttle_delay_s
         self._clock = clock
         self._sleep = sleep
-        self._lock = threading.Lock()  # Beam's throttler is not thread-safe
+        self._rng = rng
+        self._lock = threading.Lock()
 
     def wait(self) -> float:
-        """Hold the caller while the throttler says so; returns the seconds waited."""
+        """Hold the caller while throttled (each hold counts as a request); returns seconds waited."""
         waited = 0.0
         while True:
             with self._lock:
-                throttled = self._throttler.throttle_request(self._clock() * 1000)
+                now = self._clock() * 1000
+                requests = self._requests.sum(now) if self._requests.has_data(now) else 0
+                accepts = self._accepts.sum(now) if self._accepts.has_data(now) else 0
+                throttled = self._rng.random() < max(0.0, (requests - self._ratio * accepts) / (requests + 1))
+                if throttled:
+                    self._requests.add(now, 1)
             if not throttled:
                 return waited
             self._sleep(self._delay_s)
             waited += self._delay_s
 
-    def succeeded(self) -> None:
+    def record(self, accepted: bool) -> None:
+        """A request's outcome: accepted unless the endpoint was overloaded or failing."""
         with self._lock:
-            self._throttler.successful_request(self._clock() * 1000)
+            now = self._clock() * 1000
+            self._requests.add(now, 1)
+            if accepted:
+                self._accepts.add(now, 1)
 
 
 # --- the client ------------------------------------------------------------------------------------
@@ -492,7 +512,7 @@ class LlmClient:
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
         self._limiter = RateLimiter(config, clock, sleep)
-        self._throttle = AdaptiveThrottle(config, clock, sleep)
+        self._throttle = AdaptiveThrottle(config, clock, sleep, random.Random(self._rng.random()))
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -584,6 +604,7 @@ class LlmClient:
             try:
                 reply = self._send(messages, response_format)
             except _Transient as failure:
+                self._throttle.record(accepted=False)
                 transient_failures += 1
                 if transient_failures > self.config.max_retries:
                     self.counters.inc(FAILED_REQUESTS)
@@ -597,7 +618,7 @@ class LlmClient:
                 LOG.debug("LLM request failed (%s); retrying in %.2fs", failure.detail, delay)
                 self._sleep(delay)
                 continue
-            self._throttle.succeeded()
+            self._throttle.record(accepted=True)
             self._account(reply, estimated)
             problem = self._reply_problem(reply, schema)
             if problem is None:

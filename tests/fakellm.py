@@ -116,6 +116,11 @@ class RecordedRequest:
     completion_tokens: int = 0
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default 5 refuses connections when many requests are in flight
+    daemon_threads = True
+
+
 class FakeLlm:
     def __init__(self, *, retry_after: str = "0", slow_s: float = 1.0, delay_s: float = 0.0) -> None:
         self.retry_after = retry_after
@@ -126,8 +131,7 @@ class FakeLlm:
         self._faults: deque[str] = deque()
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
 
     @property

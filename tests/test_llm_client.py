@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import sys
 import types
 
@@ -191,15 +192,19 @@ def test_tokens_per_minute_limit_counts_what_the_server_reports():
     assert 19.0 < waited < 21.0  # 200 tokens overdrawn at 10 tokens/s
 
 
-def test_adaptive_throttle_holds_requests_only_after_failures():
+def test_adaptive_throttle_holds_requests_back_only_while_the_endpoint_fails():
     clock = FakeClock()
-    throttle = AdaptiveThrottle(LlmConfig(throttle_delay_s=1.0), clock, clock.sleep)
-    for _ in range(50):
+    throttle = AdaptiveThrottle(LlmConfig(throttle_delay_s=1.0), clock, clock.sleep, random.Random(0))
+    for _ in range(8):  # requests in flight are not failures
         assert throttle.wait() == 0
-        throttle.succeeded()
-    for _ in range(100):  # every request fails: the throttle must start holding back
-        throttle.wait()
-    assert sum(clock.slept) > 0
+    for _ in range(50):
+        throttle.record(accepted=True)
+        assert throttle.wait() == 0
+    for _ in range(150):  # the endpoint starts failing: half the new requests wait (seeded draw)
+        throttle.record(accepted=False)
+    assert sum(throttle.wait() for _ in range(10)) > 0
+    clock.now += 120  # the failures leave the one-minute window
+    assert throttle.wait() == 0
 
 
 def test_schema_problems_names_what_is_wrong():
