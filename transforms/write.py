@@ -18,7 +18,8 @@ from schemas import INDEX_SCHEMA, FileInfo, IndexRow, Reason, ShardInfo, Stage, 
 from schemas import release, tm_part_name
 from transforms.base import ROWS, counter
 from transforms.report import dataset_card, count_rows, stats_json
-from transforms.shards import HashingWriter, sample_members, shard_count, shard_of, write_tar
+from transforms.resume import file_holds, tar_digest
+from transforms.shards import sample_members, shard_count, shard_of, write_tar
 from transforms.tm import tm_jsonl
 
 INDEX_PART_ROWS = 1_000_000
@@ -54,6 +55,8 @@ class WriteShardFn(beam.DoFn):
         self.output = output
         self.image_format = image_format
         self.samples = counter("write.samples")
+        self.shards_written = counter("write.shards_written")
+        self.shards_kept = counter("write.shards_kept")
 
     def process(self, element):
         number, grouped = element
@@ -69,11 +72,16 @@ class WriteShardFn(beam.DoFn):
             seen.add(record.key)
             samples.append(sample_members(record, image, self.image_format))
             yield beam.pvalue.TaggedOutput(ROWS, IndexRow.of(record, Status.KEPT, shard=name))
-        with FileSystems.create(FileSystems.join(self.output, name), compression_type=CompressionTypes.UNCOMPRESSED) as sink:
-            hashing = HashingWriter(sink)
-            write_tar(hashing, samples)
+        path = FileSystems.join(self.output, name)
+        size, sha256 = tar_digest(samples)
+        if file_holds(path, size, sha256):  # a rerun: this shard is already complete
+            self.shards_kept.inc()
+        else:
+            with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as sink:
+                write_tar(sink, samples)
+            self.shards_written.inc()
         self.samples.inc(len(samples))
-        yield ShardInfo(name, len(samples), hashing.size, hashing.sha256)
+        yield ShardInfo(name, len(samples), size, sha256)
 
 
 class WriteShards(beam.PTransform):
