@@ -8,7 +8,11 @@ job without credentials or network, and `job_description` says what would be sub
 from __future__ import annotations
 
 import argparse
+import os
 import re
+from typing import Mapping
+
+from chimed_pipeline.llm import API_KEY_ENV, BASE_URL_ENV
 
 DATAFLOW_RUNNERS = frozenset({"dataflowrunner", "dataflow"})
 _URI = re.compile(r"^[a-z][a-z0-9+.-]*://")
@@ -31,6 +35,19 @@ def local_path_errors(args: argparse.Namespace) -> list[str]:
             for flag, path in named if not _URI.match(path)]
 
 
+def llm_errors(args: argparse.Namespace, environ: Mapping[str, str]) -> list[str]:
+    """The launcher's environment does not reach the workers: the key must come from Secret Manager
+    and a custom endpoint from --llm-base-url."""
+    if not args.llm_model or args.llm_dry_run:
+        return []
+    errors = []
+    if not args.llm_api_key_secret:
+        errors.append(f"--llm-model on Dataflow needs --llm-api-key-secret (workers never see {API_KEY_ENV})")
+    if not args.llm_base_url and environ.get(BASE_URL_ENV):
+        errors.append(f"pass --llm-base-url: {BASE_URL_ENV} in this shell does not reach the workers")
+    return errors
+
+
 def staging_errors(options) -> list[str]:
     """Without a valid gs:// temp or staging location Beam goes looking for (or creating) a default
     bucket over the network, retrying for minutes: demand one instead (a dry run included)."""
@@ -49,7 +66,7 @@ def check_dataflow_args(args: argparse.Namespace, options) -> None:
     from apache_beam.options.pipeline_options import StandardOptions
 
     if is_dataflow(options.view_as(StandardOptions).runner):
-        errors = local_path_errors(args) + staging_errors(options)
+        errors = local_path_errors(args) + llm_errors(args, os.environ) + staging_errors(options)
         if errors:
             raise SystemExit("error: " + "\nerror: ".join(errors))
 

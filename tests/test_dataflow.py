@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from chimed_pipeline.commands import run as run_command
-from chimed_pipeline.dataflow import SETUP_PACKAGE, is_dataflow, local_path_errors
+from chimed_pipeline.dataflow import SETUP_PACKAGE, is_dataflow, llm_errors, local_path_errors
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER_IMAGE = "europe-docker.pkg.dev/p/chimed/worker:test"
@@ -48,6 +48,15 @@ def test_dataflow_runner_names():
 def test_dataflow_rejects_what_workers_cannot_reach(argv, flag):
     errors = local_path_errors(parse_run_args(*argv))
     assert len(errors) == 1 and flag in errors[0]
+
+
+def test_dataflow_llm_key_comes_from_secret_manager():
+    remote = ("--input", "gs://b/in/*.jsonl", "--output", "gs://b/out", "--llm-model", "qwen")
+    assert "--llm-api-key-secret" in " ".join(llm_errors(parse_run_args(*remote), {}))
+    assert llm_errors(parse_run_args(*remote, "--llm-dry-run"), {}) == []
+    with_secret = parse_run_args(*remote, "--llm-api-key-secret", "projects/p/secrets/k")
+    assert llm_errors(with_secret, {}) == []
+    assert "--llm-base-url" in " ".join(llm_errors(with_secret, {"OPENAI_BASE_URL": "http://localhost:8000/v1"}))
 
 
 def test_dataflow_accepts_remote_paths():
