@@ -20,6 +20,7 @@ class RunConfig:
     llm: LlmConfig = LlmConfig()  # --llm-*: endpoint, limits, batches (never the key)
     shard_samples: int = DEFAULT_SHARD_SAMPLES
     image: ImageLimits = ImageLimits()
+    qa: str = "template"  # stage-2 QA: llm | template | none (transforms.instruct.QA_MODES)
 
     def manifest_options(self) -> dict:
         """Only what changes the output's bytes: no paths, runner, workers, endpoints or times."""
@@ -32,4 +33,5 @@ class RunConfig:
             "image_max_aspect_ratio": self.image.max_aspect_ratio,
             "image_max_pixels": self.image.max_pixels,
             "llm_model": self.llm.model,
+            "qa": self.qa,
         }

@@ -15,7 +15,7 @@ from transforms.base import apply_stage
 from transforms.dedup import Deduplicate
 from transforms.images import ProcessImageFn
 from transforms.ingest import ReadInputs
-from transforms.instruct import BuildInstructionsFn
+from transforms.instruct import BuildInstructions
 from transforms.license_filter import FilterLicenseFn
 from transforms.text import CleanCaptionFn
 from transforms.tm import ReadTranslationMemory
@@ -39,7 +39,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: RunConfig):
     captions = apply_stage(unique.records, "Captions", CleanCaptionFn())
     memory = pipeline | "TranslationMemory" >> ReadTranslationMemory(tm_patterns(config))
     translated = captions.records | "Translate" >> Translate(memory, translate_misses(config.llm))
-    instructed = apply_stage(translated.records, "Instruct", BuildInstructionsFn())
+    instructed = translated.records | "Instruct" >> BuildInstructions(config.qa, config.llm)
     decided = (
         ingested.rows, images.rows, licensed.rows, unique.rows, captions.rows, translated.rows, instructed.rows
     ) | "DecidedRows" >> beam.Flatten()

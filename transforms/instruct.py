@@ -1,16 +1,36 @@
-"""Instruction stage: stage-1 alignment turns (LLaVA form) for every record with a Chinese caption.
+"""Instruction stage: stage-1 alignment turns and stage-2 QA (both in LLaVA form), and the modality.
 
-The instruction is one of several Chinese "describe the image" phrasings, picked from the record's
-key by hash: deterministic, and spread evenly so a model does not learn a single prompt.
+Stage 1: the instruction is one of several Chinese "describe the image" phrasings, picked from the
+record's key by hash: deterministic, and spread evenly so a model does not learn a single prompt.
+
+Stage 2 (`--qa`): a record that came with QA (LLaVA / LLaVA-Med / ChiMed-VL conversations,
+PMC-CaseReport rows; English ones were translated in the translate stage) keeps it, in Simplified
+Chinese; any other gets QA from the offline template generator (`template`) or an LLM (`llm`), or
+none (`none`). A record that should get QA and gets none is rejected `qa_failed`.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 
-from schemas import Record
-from schemas.records import GPT, HUMAN, IMAGE_TOKEN, turn
-from transforms.base import RecordFn
+from typing import TYPE_CHECKING
+
+import apache_beam as beam
+
+from schemas import IndexRow, Reason, Record, Stage
+from schemas.records import GPT, HUMAN, IMAGE_TOKEN, TURN_VALUE, turn
+from transforms.base import ROWS, RecordFn, StageResult, apply_stage, counter
+from transforms.qa_pairs import conversation_pairs, llava_conversation
+from transforms.qa_template import detect_modality, template_qa
+from transforms.text import to_simplified
+
+if TYPE_CHECKING:
+    from chimed_pipeline.llm import LlmConfig
+
+QA_LLM = "llm"
+QA_TEMPLATE = "template"
+QA_NONE = "none"
+QA_MODES = (QA_LLM, QA_TEMPLATE, QA_NONE)
 
 ALIGNMENT_INSTRUCTIONS = (
     "请描述这张图片。",
@@ -39,8 +59,117 @@ def alignment_turns(record: Record) -> list:
     return [turn(HUMAN, f"{IMAGE_TOKEN}\n{pick_instruction(record.key)}"), turn(GPT, record.caption_zh)]
 
 
+def llm_requested(llm: "LlmConfig | None") -> bool:
+    """--llm-model given, or --llm-dry-run (which estimates the cost and calls nothing)."""
+    return bool(llm and (llm.model or llm.dry_run))
+
+
+def default_qa_mode(llm: "LlmConfig | None") -> str:
+    return QA_LLM if llm_requested(llm) else QA_TEMPLATE
+
+
+def prepare_instructions(record: Record) -> Record:
+    """Stage-1 turns, the detected modality, and ingested QA normalized (Simplified, `<image>` once)."""
+    conversation_text = " ".join(t[TURN_VALUE] for t in record.conversations)
+    modality = detect_modality(record.caption_en, record.caption_zh or conversation_text)
+    pairs = [dataclasses.replace(p, question=to_simplified(p.question), answer=to_simplified(p.answer))
+             for p in conversation_pairs(record.conversations)]
+    return dataclasses.replace(
+        record, alignment=alignment_turns(record), modality=modality, conversations=llava_conversation(pairs)
+    )
+
+
+def qa_failed(record: Record, detail: str) -> IndexRow:
+    return IndexRow.rejected(record, Stage.INSTRUCT, Reason.QA_FAILED, detail)
+
+
+def with_template_qa(record: Record, mode: str) -> Record | IndexRow:
+    """The record with its stage-2 turns, for the `template` and `none` modes."""
+    had_qa = bool(record.conversations)
+    record = prepare_instructions(record)
+    if had_qa and not record.conversations:
+        return qa_failed(record, "its conversation has no answered question")
+    if record.conversations or mode == QA_NONE:
+        return record
+    pairs = template_qa(record.id, record.caption_en, record.caption_zh)
+    if not pairs:
+        return qa_failed(record, "the caption names nothing the QA templates ask about")
+    return dataclasses.replace(record, conversations=llava_conversation(pairs))
+
+
 class BuildInstructionsFn(RecordFn):
     stage_name = "instruct"
 
+    def __init__(self, qa_mode: str = QA_TEMPLATE) -> None:
+        super().__init__()
+        self.qa_mode = qa_mode
+
     def handle(self, record: Record):
-        yield dataclasses.replace(record, alignment=alignment_turns(record))
+        yield with_template_qa(record, self.qa_mode)
+
+
+DRY_RUN_DETAIL = "--llm-dry-run: estimated, not generated"
+DRY_RUN_PREFIX = "qa.dry_run_"  # + items, requests, prompt_tokens, completion_tokens
+
+
+class GenerateQaFn(beam.DoFn):
+    """Batches of records -> records with LLM-written QA, or `qa_failed` rows. One client per worker;
+    with --llm-dry-run none: the estimated requests and tokens go to the counters instead."""
+
+    def __init__(self, llm: "LlmConfig") -> None:
+        super().__init__()
+        self.llm = llm
+
+    def setup(self) -> None:
+        from chimed_pipeline.llm import Counters, LlmClient
+        from transforms.qa_llm import QaGenerator
+
+        self._counters = Counters()
+        self._client = None if self.llm.dry_run else LlmClient.from_config(self.llm, counters=self._counters)
+        self._generator = QaGenerator(self._client, self.llm) if self._client else None
+
+    def process(self, records: list):
+        from transforms.qa_llm import QaResult, estimate_cost, qa_source
+
+        records = [prepare_instructions(record) for record in records]
+        sources = [qa_source(record) for record in records if not record.conversations]
+        if self._generator is None:
+            for name, value in dataclasses.asdict(estimate_cost(sources, self.llm)).items():
+                self._counters.inc(f"{DRY_RUN_PREFIX}{name}", value)
+            results = {s.item_id: QaResult(s.item_id, detail=DRY_RUN_DETAIL) for s in sources}
+        else:
+            results = {r.item_id: r for r in self._generator.generate(sources)}
+        for name, amount in self._counters.drain().items():
+            counter(name).inc(amount)
+        for record in records:
+            result = results.get(record.id)
+            if result is None:
+                yield record
+            elif result.ok:
+                yield dataclasses.replace(record, conversations=llava_conversation(list(result.pairs)))
+            else:
+                yield beam.pvalue.TaggedOutput(ROWS, qa_failed(record, result.detail))
+
+    def teardown(self) -> None:
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()
+
+
+class BuildInstructions(beam.PTransform):
+    """The instruct stage for any `--qa` mode."""
+
+    def __init__(self, qa_mode: str, llm: "LlmConfig | None" = None) -> None:
+        super().__init__()
+        if qa_mode == QA_LLM and not llm_requested(llm):
+            raise ValueError("--qa llm needs --llm-model (or --llm-dry-run)")
+        self.qa_mode = qa_mode
+        self.llm = llm
+
+    def expand(self, records) -> StageResult:
+        if self.qa_mode != QA_LLM:
+            return apply_stage(records, "Build", BuildInstructionsFn(self.qa_mode))
+        batches = records | "Batch" >> beam.BatchElements(
+            min_batch_size=1, max_batch_size=self.llm.batch_items * self.llm.concurrency
+        )
+        return apply_stage(batches, "Generate", GenerateQaFn(self.llm))

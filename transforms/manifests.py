@@ -4,6 +4,10 @@ Row shapes (DESIGN "Inputs" 3), told apart by their fields:
 - PMC-OA style:   {"image", "caption"[, "pmcid", "pmid", "license", "license_url", "id"]}
 - LLaVA style:    {"id", "image", "conversations": [{"from": "human"|"gpt", "value"}]}
   (LLaVA-Med / ChiMed-VL files; an optional "caption" / "fig_caption" becomes the caption)
+- PMC-CaseReport: {"PMC_id", "context", "question", "answer", "inline", "img_ref"}: read as a
+  LLaVA-style row whose conversation is the question and answer, about the first image `img_ref`
+  names (a name, a list, or a list written as text); `inline` becomes an inline mention, and the
+  case `context` is not carried (it describes the patient, not the figure)
 
 Ids: the row's own `id`, else `<manifest stem>_L<line>` (1-based line, or position in a JSON array).
 Rows of a conversation manifest that name the same image become one record, conversations in file
@@ -11,6 +15,7 @@ order, under the first row's id. A row that cannot be read becomes a `malformed_
 """
 from __future__ import annotations
 
+import ast
 import json
 import posixpath
 import re
@@ -104,9 +109,38 @@ def _mentions(row: dict) -> list:
     return [t.strip() for t in texts if t and t.strip()]
 
 
+def _image_refs(value: object) -> list[str]:
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = ast.literal_eval(value.strip())  # "['a.jpg', 'b.jpg']", as the dataset's CSV wrote it
+        except (ValueError, SyntaxError):
+            return []
+    if isinstance(value, str):
+        value = [value]
+    return [str(v).strip() for v in value if str(v).strip()] if isinstance(value, list) else []
+
+
+def is_case_report_row(row: object) -> bool:
+    return isinstance(row, dict) and "img_ref" in row and "question" in row
+
+
+def case_report_as_llava(row: dict) -> dict:
+    images = _image_refs(row.get("img_ref"))
+    carried = ("id", "license", "license_url", "pmid", "title", "journal", "year")
+    return {
+        **{name: row[name] for name in carried if name in row},
+        "image": images[0] if images else "",
+        "pmcid": row.get("PMC_id") or row.get("pmcid"),
+        "conversations": [turn(HUMAN, str(row.get("question") or "")), turn(GPT, str(row.get("answer") or ""))],
+        "inline_mentions": [row["inline"]] if isinstance(row.get("inline"), str) else [],
+    }
+
+
 def row_to_record(row: object, default_id: str, source_file: str, images_root: str) -> Record:
     if not isinstance(row, dict):
         raise MalformedRow(f"row is a {type(row).__name__}, not an object")
+    if is_case_report_row(row):
+        row = case_report_as_llava(row)
     image = _string(row, "image")
     if not image:
         raise MalformedRow("row has no image")

@@ -14,12 +14,15 @@ import apache_beam as beam
 
 from chimed_pipeline.llm import Counters, LlmConfig
 from schemas import IndexRow, Reason, Record, Stage, TmKind, TmRow, tm_lookup_key
+from schemas.records import IMAGE_TOKEN, TURN_FROM, TURN_VALUE, turn
 from transforms.base import RECORDS, ROWS, StageResult, counter
 from transforms.glossary import load_glossary
+from transforms.text import detect_language
 from transforms.translation import TranslationItem, TranslationResult, Translator, estimate_cost
 
 CAPTION_SLOT = "caption"
 MENTION_SLOT = "mention:"
+QA_SLOT = "qa:"  # + turn index: an ingested English conversation is translated turn by turn
 TGT_LANG = "zh"
 MISSES = "misses"
 USED_TM = "used_tm"
@@ -51,7 +54,16 @@ def text_requests(record: Record) -> list[TextRequest]:
         requests.append(TextRequest(record.id, CAPTION_SLOT, record.caption_en, TmKind.CAPTION.value))
     for number, mention in enumerate(record.inline_mentions_en):
         requests.append(TextRequest(record.id, f"{MENTION_SLOT}{number}", mention, TmKind.MENTION.value))
+    for number, text in enumerate(english_turns(record)):
+        if text:  # an empty turn carries no QA; the instruct stage leaves it out
+            requests.append(TextRequest(record.id, f"{QA_SLOT}{number}", text, TmKind.QA.value))
     return requests
+
+
+def english_turns(record: Record) -> list[str]:
+    """The turn texts (without `<image>`) of an English conversation; [] when it is Chinese or absent."""
+    texts = [" ".join(t[TURN_VALUE].replace(IMAGE_TOKEN, " ").split()) for t in record.conversations]
+    return texts if texts and detect_language(" ".join(texts)) == "en" else []
 
 
 def apply_results(record: Record, results: list[SlotResult]) -> Record | IndexRow:
@@ -60,6 +72,14 @@ def apply_results(record: Record, results: list[SlotResult]) -> Record | IndexRo
     caption = by_slot.get(CAPTION_SLOT)
     if caption is not None and not caption.target:
         return IndexRow.rejected(record, Stage.TRANSLATE, caption.reason or Reason.UNTRANSLATED, caption.detail)
+    turn_results = [by_slot.get(f"{QA_SLOT}{n}") for n in range(len(record.conversations))]
+    untranslated = next((r for r in turn_results if r is not None and not r.target), None)
+    if untranslated is not None:  # the QA came with the record: it is translated whole or not kept
+        detail = f"QA turn {untranslated.slot[len(QA_SLOT):]}: {untranslated.detail}"
+        return IndexRow.rejected(record, Stage.TRANSLATE, untranslated.reason or Reason.UNTRANSLATED, detail)
+    conversations = [
+        turn(t[TURN_FROM], r.target) if r is not None else t for t, r in zip(record.conversations, turn_results)
+    ]
     mentions_zh = [
         by_slot[slot].target
         for slot in (f"{MENTION_SLOT}{n}" for n in range(len(record.inline_mentions_en)))
@@ -69,6 +89,7 @@ def apply_results(record: Record, results: list[SlotResult]) -> Record | IndexRo
         record,
         caption_zh=caption.target if caption is not None else record.caption_zh,
         inline_mentions_zh=mentions_zh or record.inline_mentions_zh,
+        conversations=conversations,
     )
 
 

@@ -10,6 +10,7 @@ import re
 from chimed_pipeline.config import DEFAULT_SHARD_SAMPLES, RunConfig
 from chimed_pipeline.llm import add_llm_arguments, llm_config_from_args
 from transforms.images import ImageLimits
+from transforms.instruct import QA_LLM, QA_MODES, default_qa_mode, llm_requested
 from transforms.licenses import LicensePolicy
 
 PASS_UNKNOWN_ARGS = True
@@ -27,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="commercial: CC BY, CC0, public domain; noncommercial: any CC; any: everything")
     parser.add_argument("--tm", nargs="+", default=[], metavar="PATH_OR_GLOB",
                         help="translation memories (JSONL), earlier ones take precedence")
+    parser.add_argument("--qa", choices=QA_MODES, default=None,
+                        help="stage-2 QA for records without it: llm, template (offline) or none "
+                        "(default: llm with --llm-model, else template)")
     parser.add_argument("--shard-samples", type=int, default=DEFAULT_SHARD_SAMPLES, help="target samples per shard")
     parser.add_argument("--image-format", choices=["jpg", "png"], default="jpg")
     parser.add_argument("--image-max-side", type=int, default=ImageLimits.max_side)
@@ -55,15 +59,20 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         LOG.info("no --input: building the bundled sample from %s", sample.root)
     if args.shard_samples < 1 or args.image_max_side < 16:
         raise SystemExit("error: --shard-samples must be >= 1 and --image-max-side >= 16")
+    llm = llm_config_from_args(args)
+    qa = args.qa or default_qa_mode(llm)
+    if qa == QA_LLM and not llm_requested(llm):
+        raise SystemExit("error: --qa llm needs --llm-model (or --llm-dry-run)")
     return RunConfig(
         inputs=tuple(_check_local_inputs(inputs)),
         output=_local_path(args.output),
         images=_local_path(images),
         license=LicensePolicy(args.license),
         tm=tuple(_check_local_inputs(tm)),
-        llm=llm_config_from_args(args),
+        llm=llm,
         shard_samples=args.shard_samples,
         image=ImageLimits(max_side=args.image_max_side, image_format=args.image_format),
+        qa=qa,
     )
 
 
@@ -110,7 +119,7 @@ def summarize_llm(result) -> str:
     totals: dict[str, int] = {}
     for counter in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
         name = counter.key.metric.name
-        if name.startswith(("llm.", "translate.")):
+        if name.startswith(("llm.", "translate.", "qa.")):
             totals[name] = totals.get(name, 0) + counter.committed
     return "  ".join(f"{name}: {value}" for name, value in sorted(totals.items()))
 
