@@ -15,6 +15,8 @@ class RunConfig:
     inputs: tuple = ()
     output: str = "out"
     images: str = ""
+    file_list: str = ""  # --file-list: PMC oa_file_list path
+    pmcids: str = ""  # --pmcids: file of PMCIDs to read
     license: LicensePolicy = LicensePolicy.COMMERCIAL
     tm: tuple = ()
     llm: LlmConfig = LlmConfig()  # --llm-*: endpoint, limits, batches (never the key)

@@ -30,7 +30,8 @@ def tm_patterns(config: RunConfig) -> list[str]:
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: RunConfig):
-    ingested = pipeline | "Ingest" >> ReadInputs(list(config.inputs), config.images)
+    ingested = pipeline | "Ingest" >> ReadInputs(
+        list(config.inputs), config.images, config.pmcids, config.file_list, config.license)
     images = apply_stage(ingested.records, "Images", ProcessImageFn(config.image))
     pixels = images.records | "Pixels" >> beam.Map(lambda record: (record.key, record.image_bytes))
     records = images.records | "DropPixels" >> beam.Map(Record.without_image)

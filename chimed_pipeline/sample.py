@@ -6,9 +6,11 @@ what `run` needs as inputs, so the demo works from any working directory, offlin
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import io
 import os
 import shutil
+import tarfile
 import tempfile
 from importlib import resources
 
@@ -41,6 +43,27 @@ BYTE_COPIES = {"ct_abdomen_copy.png": "ct_abdomen.png"}  # exact duplicate
 RESIZED_COPIES = {"mri_brain_followup.jpg": "mri_brain.jpg"}  # near duplicate: half size, JPEG q75
 TOO_SMALL = "thumbnail.png"
 TRUNCATED = "broken.jpg"
+
+# PMC-style articles written for the sample (fictitious PMC99000001+), laid out as PMC serves them:
+# file in sample_data -> (layout, {graphic href: (kind, seed, size, media suffix)}).
+PACKAGE, DIRECTORY = "package", "directory"
+ARTICLES = {
+    # Legacy .nxml in PMC99000001.tar.gz, a full-size .jpg and a .gif thumbnail per figure.
+    "PMC99000001.nxml": (PACKAGE, {
+        "demo-lung-g001": ("ct", 21, (640, 512), ".jpg"),
+        "demo-lung-g002": ("xray", 22, (560, 600), ".jpg"),
+        "demo-lung-g003": ("histology", 23, (640, 480), ".jpg"),
+    }),
+    # OAI-PMH / JATS 1.3 form in a directory PMC99000002/ with its media beside it; Figure 4 is a
+    # reprint under CC BY-NC, which the default commercial policy rejects.
+    "PMC99000002.xml": (DIRECTORY, {
+        "demo-thyroid-g001": ("ultrasound", 24, (600, 480), ".jpg"),
+        "demo-thyroid-g002": ("ct", 25, (560, 480), ".png"),  # stands in for a fused PET/CT slice
+        "demo-thyroid-g003": ("mri", 26, (512, 560), ".jpg"),
+        "demo-thyroid-g004": ("histology", 27, (480, 480), ".jpg"),
+    }),
+}
+THUMBNAIL_SIDE = 80
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +98,47 @@ def sample_images() -> dict[str, bytes]:
     return files
 
 
+def _tar_gz(members: dict[str, bytes]) -> bytes:
+    """A .tar.gz with fixed times and owners, so the same members give the same bytes."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped, tarfile.open(fileobj=zipped, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def sample_articles() -> dict[str, bytes]:
+    """Every file of the sample's PMC-style inputs, by path relative to the sample root."""
+    package = resources.files("chimed_pipeline").joinpath(SAMPLE_DATA)
+    files = {}
+    for xml_name, (layout, figures) in ARTICLES.items():
+        article = os.path.splitext(xml_name)[0]
+        members = {f"{article}/{xml_name}": package.joinpath(xml_name).read_bytes()}
+        for href, (kind, seed, size, suffix) in figures.items():
+            image = render(kind, seed, size)
+            members[f"{article}/{href}{suffix}"] = _encode(image, suffix)
+            if layout == PACKAGE:
+                image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+                thumbnail = io.BytesIO()
+                image.save(thumbnail, format="GIF")
+                members[f"{article}/{href}.gif"] = thumbnail.getvalue()
+        if layout == PACKAGE:
+            files[f"{article}.tar.gz"] = _tar_gz(members)
+        else:
+            files.update(members)
+    return files
+
+
+def article_inputs(root: str) -> list[str]:
+    """The `--input` paths of the sample's articles under `root`: packages and article directories."""
+    return [
+        os.path.join(root, os.path.splitext(name)[0] + (".tar.gz" if layout == PACKAGE else ""))
+        for name, (layout, _) in ARTICLES.items()
+    ]
+
+
 def default_root() -> str:
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache, "chimed-pipeline", f"sample-{__version__}")
@@ -88,6 +152,10 @@ def materialize_sample(root: str | None = None) -> SampleInputs:
     for name, data in sample_images().items():
         with open(os.path.join(staging, "images", name), "wb") as handle:
             handle.write(data)
+    for relative, data in sample_articles().items():
+        os.makedirs(os.path.dirname(os.path.join(staging, relative)), exist_ok=True)
+        with open(os.path.join(staging, relative), "wb") as handle:
+            handle.write(data)
     package = resources.files("chimed_pipeline").joinpath(SAMPLE_DATA)
     for name in (*MANIFESTS, TM_FILE):
         with open(os.path.join(staging, name), "wb") as handle:
@@ -97,6 +165,6 @@ def materialize_sample(root: str | None = None) -> SampleInputs:
     os.replace(staging, target)
     return SampleInputs(
         root=target,
-        inputs=[os.path.join(target, name) for name in MANIFESTS],
+        inputs=[os.path.join(target, name) for name in MANIFESTS] + article_inputs(target),
         tm=os.path.join(target, TM_FILE),
     )

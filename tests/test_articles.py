@@ -1,10 +1,12 @@
 """transforms.articles: packages, article directories and bare XML -> Records and rejected IndexRows."""
 import io
+import json
 import os
 import posixpath
 import tarfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -287,3 +289,69 @@ def test_samples_by_path(name):
     assert {row.license for row in rejected} <= {license_class}
     assert {(row.reason, row.stage) for row in rejected if row.caption} <= {("missing_image", "image")}
     assert summaries == [ArticleSummary(os.path.basename(path), pmcid, len(figures))]
+
+
+# --- The bundled demo sample's PMC-style articles ------------------------------------------------------------
+
+
+def test_demo_articles_read_from_their_package_and_directory(tmp_path):
+    from chimed_pipeline.sample import article_inputs, sample_articles
+
+    for relative, data in sample_articles().items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(data)
+    with tarfile.open(tmp_path / "PMC99000001.tar.gz") as package:
+        names = package.getnames()
+    assert {n.rsplit(".", 1)[1] for n in names} == {"nxml", "jpg", "gif"}
+    outputs = [split(read_article_input(path)) for path in article_inputs(str(tmp_path))]
+    records = [record for records, _, _ in outputs for record in records]
+    assert [r.id for r in records] == [f"PMC99000001_F{n}" for n in (1, 2, 3)] + [
+        f"PMC99000002_F{n}" for n in (1, 2, 3, 4)]
+    assert all(r.source.image.endswith((".jpg", ".png")) and r.caption and r.inline_mentions_en for r in records)
+    assert [r.source.license for r in records] == [CC_BY] * 6 + [CC_BY_NC]  # Figure 4 is a CC BY-NC reprint
+
+
+def test_demo_tm_translates_every_caption_and_mention():
+    from importlib import resources
+
+    from chimed_pipeline.sample import ARTICLES, SAMPLE_DATA, TM_FILE
+    from schemas import TmKind, TmRow, tm_lookup_key
+    from transforms.jats import parse_article
+    from transforms.text import clean_text
+
+    data = resources.files("chimed_pipeline").joinpath(SAMPLE_DATA)
+    tm = {TmRow.from_dict(json.loads(line)).lookup_key for line in data.joinpath(TM_FILE).read_text().splitlines()}
+    for name in ARTICLES:
+        for figure in parse_article(data.joinpath(name).read_bytes()).figures:
+            assert tm_lookup_key(clean_text(figure.caption), "zh", TmKind.CAPTION.value) in tm, figure.caption
+            for mention in figure.mentions:
+                assert tm_lookup_key(clean_text(mention), "zh", TmKind.MENTION.value) in tm, mention
+
+
+def test_demo_build_keeps_the_articles_and_rejects_the_noncommercial_figure(built_release):
+    rows = {row["id"]: row for row in pq.read_table(built_release / "index").to_pylist()}
+    assert {key: rows[key]["status"] for key in rows if key.startswith("PMC99")} == {
+        **{f"PMC99000001_F{n}": Status.KEPT.value for n in (1, 2, 3)},
+        **{f"PMC99000002_F{n}": Status.KEPT.value for n in (1, 2, 3)},
+        "PMC99000002_F4": Status.REJECTED.value,
+    }
+    assert rows["PMC99000002_F4"]["reason"] == Reason.LICENSE_EXCLUDED.value
+    assert rows["PMC99000001_F1"]["source_image"] == "PMC99000001/demo-lung-g001.jpg"
+
+
+# --- The Beam ingest reads articles through FileSystems --------------------------------------------------------
+
+
+def test_beam_ingest_dispatches_articles_and_counts_them(tmp_path):
+    from transforms.ingest import load_selection, read_input_file
+
+    (tmp_path / "PMC7000001.tar.gz").write_bytes(legacy_package())
+    (tmp_path / "list.txt").write_text("PMC7000001\n")
+    records, rejected, summaries = split(read_input_file(str(tmp_path / "PMC7000001.tar.gz"), ""))
+    assert len(records) == 2 and len(rejected) == 3 and summaries[0].figures == 5
+    selection = load_selection(str(tmp_path / "list.txt"), "", LicensePolicy.COMMERCIAL)
+    assert selection.pmcids == {"PMC7000001"} and selection.policy is None  # no file list: no preselection
+    write_article_dir(tmp_path / "PMC7000005", "PMC7000005.xml", oai_article("7000005", floats=OAI_FLOATS),
+                      {"oai-g1.jpg": image_bytes((20, 20), "JPEG")})
+    outputs = list(read_input_file(str(tmp_path / "PMC7000005"), "", selection))
+    assert outputs == [ArticleSummary("PMC7000005", "PMC7000005", skipped="not listed in --pmcids")]

@@ -30,7 +30,7 @@ def test_demo_keeps_samples_and_indexes_every_record(built_release):
     manifest = read_manifest(built_release)
     rows = read_index(built_release)
     counts = manifest["counts"]
-    assert counts["input_records"] == len(rows) == 20
+    assert counts["input_records"] == len(rows) == 27  # 20 manifest records + 7 figures of 2 PMC-style articles
     assert counts["status"][Status.KEPT.value] >= 10
     assert sum(counts["status"].values()) == len(rows)
     assert len({row["id"] for row in rows}) == len(rows)

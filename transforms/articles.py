@@ -136,9 +136,9 @@ def _read_members(open_file: Callable[[str], BinaryIO], path: str) -> _Package:
     with open_file(path) as raw, tarfile.open(fileobj=raw, mode="r|gz") as tar:
         for member in tar:
             name = _safe_member_name(member)
-            suffix = _suffix(name)
             if not name:
                 continue
+            suffix = _suffix(name)
             if suffix in XML_SUFFIXES and member.size <= MAX_XML_BYTES:
                 xml[suffix][name] = tar.extractfile(member).read()
             elif suffix in FULL_SIZE_SUFFIXES and member.size > MAX_MEDIA_BYTES:

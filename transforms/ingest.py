@@ -2,10 +2,14 @@
 
 Globs are expanded on the workers (fileio.MatchAll), never at pipeline construction, so a Dataflow
 launcher needs no access to gs:// or s3:// inputs. Each matched file is read by one reader, chosen
-by its name; records are then reshuffled so that the image stage spreads over all workers.
+by its name (PMC articles: transforms/articles.py, docs/ingest-pmc.md); records are then reshuffled
+so that the image stage spreads over all workers.
 """
 from __future__ import annotations
 
+import functools
+import io
+import os
 import posixpath
 
 import apache_beam as beam
@@ -14,12 +18,44 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from schemas import IndexRow, Reason, Record, Stage
+from transforms.articles import ArticleSummary, FileAccess, is_article_input, read_article_input
 from transforms.base import RecordFn, StageResult, apply_stage
+from transforms.filelist import ArticleSelection, parse_file_list, parse_pmcids
+from transforms.licenses import LicensePolicy
 from transforms.manifests import is_manifest, read_manifest
 
 
-def read_input_file(path: str, images_root: str):
-    """Records (or rejected rows) of one input file; dispatch by file name."""
+def _open_raw(path: str):
+    # UNCOMPRESSED: FileSystems would otherwise gunzip a .tar.gz by its name.
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _list_dir(path: str) -> list[str]:
+    return sorted(m.path for m in FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list)
+
+
+# Object stores have no directories: a directory input is a local one (remote: glob its XML files).
+BEAM_FILES = FileAccess(open=_open_raw, exists=FileSystems.exists, list_dir=_list_dir,
+                        is_dir=lambda path: "://" not in path and os.path.isdir(path))
+
+
+@functools.lru_cache(maxsize=4)
+def load_selection(pmcids: str, file_list: str, policy: LicensePolicy | None) -> ArticleSelection:
+    """`--pmcids` / `--file-list` read once per worker process (shared by its DoFn instances)."""
+
+    def lines(path: str):
+        with _open_raw(path) as handle:
+            yield from io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
+
+    wanted = parse_pmcids(lines(pmcids)) if pmcids else None
+    listed = parse_file_list(lines(file_list), keep=wanted) if file_list else {}
+    return ArticleSelection(pmcids=wanted, file_list=listed, policy=policy if file_list else None)
+
+
+def read_input_file(path: str, images_root: str, selection: ArticleSelection = ArticleSelection()):
+    """Records (or rejected rows, or ArticleSummaries) of one input file; dispatch by file name."""
+    if is_article_input(path) or BEAM_FILES.is_dir(path):
+        return read_article_input(path, BEAM_FILES, selection)
     if is_manifest(path):
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             data = handle.read()
@@ -36,19 +72,33 @@ def read_input_file(path: str, images_root: str):
 class ReadInputFileFn(RecordFn):
     stage_name = "ingest"
 
-    def __init__(self, images_root: str) -> None:
+    def __init__(self, images_root: str, pmcids: str = "", file_list: str = "",
+                 policy: LicensePolicy | None = None) -> None:
         super().__init__()
         self.images_root = images_root
+        self.selection_files = (pmcids, file_list, policy)
 
     def handle(self, path: str):
-        return read_input_file(path, self.images_root)
+        for item in read_input_file(path, self.images_root, load_selection(*self.selection_files)):
+            if isinstance(item, ArticleSummary):  # articles are counted, not indexed: they are not records
+                self._count("articles_skipped" if item.skipped else "articles_read")
+                if not item.skipped and not item.figures:
+                    self._count("articles_without_figures")
+            else:
+                yield item
 
 
 class ReadInputs(beam.PTransform):
-    def __init__(self, patterns: list[str], images_root: str = "") -> None:
+    """`pmcids` / `file_list`: paths of `--pmcids` / `--file-list` files ("" for none); `policy`
+    skips articles whose file-list license it rejects, unread."""
+
+    def __init__(self, patterns: list[str], images_root: str = "", pmcids: str = "", file_list: str = "",
+                 policy: LicensePolicy | None = None) -> None:
         super().__init__()
-        self.patterns = sorted(set(patterns))
+        # "dir/" would match the files inside (its media too); "dir" is the article directory itself.
+        self.patterns = sorted({p.rstrip("/") if BEAM_FILES.is_dir(p) else p for p in patterns})
         self.images_root = images_root
+        self.selection_files = (pmcids, file_list, policy)
 
     def expand(self, pbegin) -> StageResult:
         paths = (
@@ -58,5 +108,5 @@ class ReadInputs(beam.PTransform):
             | "Paths" >> beam.Map(lambda metadata: metadata.path)
             | "SpreadFiles" >> beam.Reshuffle()
         )
-        result = apply_stage(paths, "ReadFiles", ReadInputFileFn(self.images_root))
+        result = apply_stage(paths, "ReadFiles", ReadInputFileFn(self.images_root, *self.selection_files))
         return StageResult(result.records | "SpreadRecords" >> beam.Reshuffle(), result.rows)

@@ -268,15 +268,18 @@ def _license_element_class(license_element: etree._Element) -> tuple[str | None,
     urls += [_text(ref) for ref in license_element.iter("license_ref")]
     urls += [link.get("href", "") for link in license_element.iter("ext-link", "uri")]
     urls = [url for url in urls if url]
-    url_classes = [license_class for license_class in map(license_from_url, urls) if license_class]
-    if url_classes:
-        return strictest(url_classes), next(url for url in urls if license_from_url(url))
+    by_url = [(license_from_url(url), url) for url in urls]
+    by_url = [(license_class, url) for license_class, url in by_url if license_class]
+    if by_url:
+        license_class = strictest(license_class for license_class, _ in by_url)
+        return license_class, next(url for cls, url in by_url if cls == license_class)
+    first_url = urls[0] if urls else ""
     codes = [license_element.get("license-type", "")]
     codes += [ref.get("content-type", "") for ref in license_element.iter("license_ref")]
-    code_classes = [license_class for license_class in map(license_from_code, codes) if license_class]
-    if code_classes:
-        return strictest(code_classes), urls[0] if urls else ""
-    return license_from_text(_text(license_element)), urls[0] if urls else ""
+    by_code = [license_class for license_class in map(license_from_code, codes) if license_class]
+    if by_code:
+        return strictest(by_code), first_url
+    return license_from_text(_text(license_element)), first_url
 
 
 def _permissions_license(permissions: etree._Element | None) -> tuple[str | None, str]:
@@ -318,6 +321,12 @@ def _figure_license(permissions: etree._Element | None) -> str | None:
     return _permissions_license(permissions)[0] or UNKNOWN
 
 
+def _fig_group(fig: etree._Element) -> etree._Element:
+    """The <fig-group> around `fig`, or an empty element (no label, no caption) when there is none."""
+    parent = fig.getparent()
+    return parent if parent is not None and parent.tag == "fig-group" else etree.Element("fig-group")
+
+
 def _is_figure(fig: etree._Element) -> bool:
     return not any(ancestor.tag in _NOT_FIGURE_CONTAINERS for ancestor in fig.iterancestors())
 
@@ -330,10 +339,9 @@ def _figures(article: etree._Element, max_mentions: int) -> Iterator[Figure]:
             figs.append((fig, href))
     mentions = _mentions(article, [fig for fig, _ in figs], max_mentions)
     for index, (fig, href) in enumerate(figs):
-        group = fig.getparent() if fig.getparent() is not None and fig.getparent().tag == "fig-group" else None
-        label = _text(fig.find("label")) or (_text(group.find("label")) if group is not None else "")
-        blocks = (_caption_blocks(group.find("caption")) if group is not None else []) + _caption_blocks(
-            fig.find("caption"))
+        group = _fig_group(fig)
+        label = _text(fig.find("label")) or _text(group.find("label"))
+        blocks = _caption_blocks(group.find("caption")) + _caption_blocks(fig.find("caption"))
         yield Figure(
             figure_id=fig.get("id", ""),
             label=label,
@@ -393,9 +401,7 @@ def _mentions(article: etree._Element, figs: list[etree._Element], max_mentions:
     targets: dict[str, list[int]] = {}
     for index, fig in enumerate(figs):
         targets.setdefault(fig.get("id", ""), []).append(index)
-        parent = fig.getparent()
-        if parent is not None and parent.tag == "fig-group" and parent.get("id"):
-            targets.setdefault(parent.get("id"), []).append(index)
+        targets.setdefault(_fig_group(fig).get("id", ""), []).append(index)
     targets.pop("", None)
     found: list[dict[str, None]] = [{} for _ in figs]  # dict as an insertion-ordered set
     if not targets:

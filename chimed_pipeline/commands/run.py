@@ -23,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", nargs="+", default=[], metavar="PATH_OR_GLOB",
                         help="manifests, articles, packages (local or any Beam filesystem); default: the bundled sample")
     parser.add_argument("--images", default="", help="image root for manifest rows (default: beside the manifest)")
+    parser.add_argument("--file-list", default="", metavar="OA_FILE_LIST",
+                        help="PMC oa_file_list.csv/.txt: license where an article's XML names none; articles it "
+                        "lists under a license that --license rejects are skipped unread")
+    parser.add_argument("--pmcids", default="", metavar="FILE", help="read only the articles listed (one PMCID a line)")
     parser.add_argument("--output", default="out", help="dataset directory (local or gs://...; default ./out)")
     parser.add_argument("--license", choices=[p.value for p in LicensePolicy], default=LicensePolicy.COMMERCIAL.value,
                         help="commercial: CC BY, CC0, public domain; noncommercial: any CC; any: everything")
@@ -67,6 +71,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         inputs=tuple(_check_local_inputs(inputs)),
         output=_local_path(args.output),
         images=_local_path(images),
+        file_list=_check_local_inputs([args.file_list])[0] if args.file_list else "",
+        pmcids=_check_local_inputs([args.pmcids])[0] if args.pmcids else "",
         license=LicensePolicy(args.license),
         tm=tuple(_check_local_inputs(tm)),
         llm=llm,
