@@ -29,13 +29,15 @@ def count_rows(rows: list[IndexRow]) -> dict:
     }
 
 
-def stats_json(counts: dict, shards: list[ShardInfo], options: dict) -> bytes:
+def stats_json(counts: dict, shards: list[ShardInfo], options: dict, details: dict | None = None) -> bytes:
+    """`details`: the run report's distributions (transforms.run_report.report_details)."""
     stats = {
         "counts": counts,
         "shards": len(shards),
         "samples": sum(s.samples for s in shards),
         "bytes": sum(s.bytes for s in shards),
         "options": options,
+        **(details or {}),
     }
     return (json.dumps(stats, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
 
@@ -81,6 +83,8 @@ Ingest (JATS figures or manifest rows) -> image validation and normalization -> 
 {reasons}
 
 Every input record has one row in `index/*.parquet` (status, reason, detail, duplicate_of, shard).
+Distributions (modality, caption lengths, duplicate clusters, licenses, translations) and plots:
+`report/index.html`, `report/stats.json`.
 
 ## Fields
 

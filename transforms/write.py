@@ -17,7 +17,8 @@ from apache_beam.io.filesystems import FileSystems
 from schemas import INDEX_SCHEMA, FileInfo, IndexRow, Reason, ShardInfo, Stage, Status, index_part_name, shard_name
 from schemas import release, tm_part_name
 from transforms.base import ROWS, counter
-from transforms.report import dataset_card, count_rows, stats_json
+from transforms.report import count_rows
+from transforms.report_stage import BuildReport
 from transforms.resume import file_holds, tar_digest
 from transforms.shards import sample_members, shard_count, shard_of, write_tar
 from transforms.tm import tm_jsonl
@@ -55,6 +56,8 @@ class WriteShardFn(beam.DoFn):
         self.output = output
         self.image_format = image_format
         self.samples = counter("write.samples")
+        self.shards_written = counter("write.shards_written")
+        self.shards_kept = counter("write.shards_kept")
         self.shards_written = counter("write.shards_written")
         self.shards_kept = counter("write.shards_kept")
 
@@ -136,22 +139,17 @@ class WriteDataset(beam.PTransform):
         shard_infos = written.shards | "CollectShards" >> beam.combiners.ToList()
         counts = row_list | "Counts" >> beam.Map(count_rows)
         index_files = row_list | "WriteIndex" >> beam.ParDo(WriteIndexFn(self.output))
-        tm_file = (
-            inputs["tm_rows"]
-            | "CollectTm" >> beam.combiners.ToList()
-            | "WriteTm" >> beam.Map(lambda rows: write_file(self.output, tm_part_name(0), tm_jsonl(rows)))
-        )
-        report_files = counts | "WriteReport" >> beam.FlatMap(
-            self._write_report, beam.pvalue.AsSingleton(shard_infos)
+        tm_list = inputs["tm_rows"] | "CollectTm" >> beam.combiners.ToList()
+        tm_file = tm_list | "WriteTm" >> beam.Map(lambda rows: write_file(self.output, tm_part_name(0), tm_jsonl(rows)))
+        report_files = (
+            inputs[RECORDS]
+            | "Report" >> BuildReport(self.options, row_list, counts, shard_infos, tm_list)
+            | "WriteReport" >> beam.MapTuple(lambda path, data: write_file(self.output, path, data))
         )
         files = (index_files, tm_file, report_files) | "AllFiles" >> beam.Flatten() | "CollectFiles" >> beam.combiners.ToList()
         return counts | "WriteManifest" >> beam.Map(
             self._write_manifest, beam.pvalue.AsSingleton(shard_infos), beam.pvalue.AsSingleton(files)
         )
-
-    def _write_report(self, counts: dict, shards: list[ShardInfo]):
-        yield write_file(self.output, f"{release.REPORT_DIR}/stats.json", stats_json(counts, shards, self.options))
-        yield write_file(self.output, release.DATASET_CARD, dataset_card(counts, shards, self.options))
 
     def _write_manifest(self, counts: dict, shards: list[ShardInfo], files: list[FileInfo]) -> dict:
         manifest = {
