@@ -58,8 +58,6 @@ class WriteShardFn(beam.DoFn):
         self.samples = counter("write.samples")
         self.shards_written = counter("write.shards_written")
         self.shards_kept = counter("write.shards_kept")
-        self.shards_written = counter("write.shards_written")
-        self.shards_kept = counter("write.shards_kept")
 
     def process(self, element):
         number, grouped = element
