@@ -6,6 +6,7 @@ order and of the runner's bundling, and roughly `shard_samples` per shard (binom
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -15,6 +16,7 @@ from typing import BinaryIO, Iterable
 import webdataset as wds
 
 from schemas import Record
+from schemas.records import SAMPLE_FIELD_NAMES
 
 TAR_MTIME = 0  # fixed member mtime: byte-identical shards across runs
 TAR_OWNER = "chimed"
@@ -52,6 +54,29 @@ class HashingWriter(io.RawIOBase):
     @property
     def sha256(self) -> str:
         return self.digest.hexdigest()
+
+
+# Hugging Face's webdataset loader infers the schema from a shard's first 5 samples; an empty list
+# there is typed list<null> and a later non-empty one then fails to load. So each shard opens with
+# samples that fill its list fields, when it has any.
+HF_INFERENCE_SAMPLES = 5
+LIST_FIELDS = tuple(f.name for f in dataclasses.fields(Record) if f.name in SAMPLE_FIELD_NAMES and f.type in (list, "list"))
+
+
+def member_order(records: Iterable[Record]) -> list[Record]:
+    """Records by key, except that the first few are chosen (greedily) to fill every list field."""
+    ordered = sorted(records, key=lambda r: (r.key, r.id))
+    leaders: list[Record] = []
+    missing = set(LIST_FIELDS)
+    while missing and len(leaders) < HF_INFERENCE_SAMPLES:
+        best = max(ordered, key=lambda r: len([f for f in missing if getattr(r, f)]), default=None)
+        filled = {f for f in missing if best is not None and getattr(best, f)}
+        if not filled:
+            break
+        leaders.append(best)
+        ordered.remove(best)
+        missing -= filled
+    return leaders + ordered
 
 
 def sample_members(record: Record, image: bytes, image_format: str) -> dict:
