@@ -30,7 +30,9 @@ def local_path_errors(args: argparse.Namespace) -> list[str]:
     if not args.input:
         return ["--input is required with Dataflow (the bundled sample is on this machine, not on the workers)"]
     named = [("--input", path) for path in args.input] + [("--tm", path) for path in args.tm]
-    named += [("--output", args.output)] + ([("--images", args.images)] if args.images else [])
+    named.append(("--output", args.output))
+    optional = (("--images", args.images), ("--file-list", args.file_list), ("--pmcids", args.pmcids))
+    named += [(flag, path) for flag, path in optional if path]
     return [f"{flag} {path!r} is a local path; Dataflow workers need gs:// (or another remote filesystem)"
             for flag, path in named if not _URI.match(path)]
 

@@ -43,6 +43,8 @@ def test_dataflow_runner_names():
         (("--input", "data/pairs.jsonl", "--output", "gs://b/out"), "--input"),
         (("--input", "gs://b/in/*.jsonl", "--output", "gs://b/out", "--images", "/data/images"), "--images"),
         (("--input", "gs://b/in/*.jsonl", "--output", "gs://b/out", "--tm", "tm.jsonl"), "--tm"),
+        (("--input", "gs://b/in/*.xml", "--output", "gs://b/out", "--file-list", "oa_file_list.csv"), "--file-list"),
+        (("--input", "gs://b/in/*.xml", "--output", "gs://b/out", "--pmcids", "ids.txt"), "--pmcids"),
     ],
 )
 def test_dataflow_rejects_what_workers_cannot_reach(argv, flag):
@@ -61,7 +63,7 @@ def test_dataflow_llm_key_comes_from_secret_manager():
 
 def test_dataflow_accepts_remote_paths():
     args = parse_run_args("--input", "gs://b/in/*.jsonl", "s3://c/x.jsonl", "--output", "gs://b/out",
-                          "--images", "gs://b/img", "--tm", "gs://b/tm/*.jsonl")
+                          "--images", "gs://b/img", "--tm", "gs://b/tm/*.jsonl", "--file-list", "gs://b/oa_file_list.csv")
     assert local_path_errors(args) == []
 
 
@@ -91,6 +93,9 @@ def test_dry_run_validates_the_whole_job_offline(tmp_path):
         sys.executable, "-m", "chimed_pipeline", "run",
         "--input", "gs://chimed-test/in/*.jsonl", "gs://chimed-test/pmc/**/*.xml",
         "--images", "gs://chimed-test/images", "--output", "gs://chimed-test/out",
+        "--tm", "gs://chimed-test/tm/*.jsonl", "--file-list", "gs://chimed-test/oa_file_list.csv",
+        "--llm-model", "qwen-max", "--llm-base-url", "https://llm.invalid/v1",
+        "--llm-api-key-secret", "projects/chimed-test/secrets/llm-key",
         "--runner=DataflowRunner", "--project=chimed-test", "--region=europe-west4",
         "--temp_location=gs://chimed-test/tmp", "--dry_run=True", "--no_auth",
         f"--sdk_container_image={WORKER_IMAGE}", "--sdk_location=container",
