@@ -11,7 +11,8 @@ import html
 import io
 from typing import Callable, Iterable
 
-from schemas import IndexRow, ShardInfo, Stage, Status, TmRow
+from schemas import IndexRow, Record, ShardInfo, Stage, Status, TmRow, release
+from transforms.report import dataset_card, stats_json
 
 MODALITY = "modality"
 EN_WORDS = "caption_en_words"
@@ -22,7 +23,7 @@ LENGTH_BIN = 5  # caption lengths are counted in bins of this many words / token
 SVG_SALT = "chimed-report"  # fixes the ids matplotlib writes into SVG, so reruns give the same bytes
 
 
-def caption_facts(record, zh_tokenize: Callable[[str], list[str]]) -> list[tuple[str, object]]:
+def caption_facts(record: Record, zh_tokenize: Callable[[str], list[str]]) -> list[tuple[str, object]]:
     """(fact, value) pairs of one kept record; counted over the run they give every distribution."""
     facts = [(MODALITY, record.modality or NO_MODALITY)]
     if record.caption_en:
@@ -75,7 +76,7 @@ def report_details(counts: dict, fact_counts: Iterable[tuple[tuple[str, object],
 
 # --- plots --------------------------------------------------------------------------------------
 
-def _bar_svg(title: str, labels: list[str], values: list[int], xlabel: str, horizontal: bool = False) -> bytes:
+def _bar_svg(title: str, labels: list[str], values: list[int], axis_label: str, horizontal: bool = False) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,11 +91,11 @@ def _bar_svg(title: str, labels: list[str], values: list[int], xlabel: str, hori
             axes.barh(positions, values, color="#4878a8")
             axes.set_yticks(positions, labels)
             axes.invert_yaxis()
-            axes.set_xlabel(xlabel)
+            axes.set_xlabel(axis_label)
         else:
             axes.bar(positions, values, color="#4878a8")
             axes.set_xticks(positions, labels, rotation=45 if len(labels) > 8 else 0, ha="right" if len(labels) > 8 else "center")
-            axes.set_ylabel(xlabel)
+            axes.set_ylabel(axis_label)
         (axes.xaxis if horizontal else axes.yaxis).set_major_locator(MaxNLocator(integer=True))
         axes.set_title(title)
         figure.tight_layout()
@@ -171,9 +172,6 @@ def report_files(
     fact_counts: list, rows: list[IndexRow], counts: dict, shards: list[ShardInfo], tm_rows: list[TmRow], options: dict
 ) -> list[tuple[str, bytes]]:
     """(path relative to the dataset root, bytes) of every report file and of the dataset card."""
-    from schemas import release
-    from transforms.report import dataset_card, stats_json
-
     details = report_details(counts, fact_counts, rows, tm_rows)
     figures = plots(counts, details)
     return [
