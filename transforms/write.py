@@ -20,7 +20,7 @@ from transforms.base import ROWS, counter
 from transforms.report import count_rows
 from transforms.report_stage import BuildReport
 from transforms.resume import file_holds, tar_digest
-from transforms.shards import sample_members, shard_count, shard_of, write_tar
+from transforms.shards import member_order, sample_members, shard_count, shard_of, write_tar
 from transforms.tm import tm_jsonl
 
 INDEX_PART_ROWS = 1_000_000
@@ -64,7 +64,7 @@ class WriteShardFn(beam.DoFn):
         name = shard_name(number)
         pixels = dict(grouped[PIXELS])
         samples, seen = [], set()
-        for record in sorted(grouped[RECORDS], key=lambda r: (r.key, r.id)):
+        for record in member_order(grouped[RECORDS]):
             image = pixels.get(record.key)
             if record.key in seen or image is None:
                 detail = "id given by more than one input record" if record.key in seen else "image bytes lost"
