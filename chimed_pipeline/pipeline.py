@@ -41,12 +41,13 @@ def build_pipeline(pipeline: beam.Pipeline, config: RunConfig):
     memory = pipeline | "TranslationMemory" >> ReadTranslationMemory(tm_patterns(config))
     translated = captions.records | "Translate" >> Translate(memory, translate_misses(config.llm))
     instructed = translated.records | "Instruct" >> BuildInstructions(config.qa, config.llm)
-    decided = (
-        ingested.rows, images.rows, licensed.rows, unique.rows, captions.rows, translated.rows, instructed.rows
-    ) | "DecidedRows" >> beam.Flatten()
+    stages = (ingested, images, licensed, unique, captions, translated, instructed)
+    decided = [stage.rows for stage in stages] | "DecidedRows" >> beam.Flatten()
+    facts = [stage.facts for stage in stages if stage.facts is not None] | "RunFacts" >> beam.Flatten()
     return {
         "records": instructed.records,
         "pixels": pixels,
         "rows": decided,
         "tm_rows": translated.tm_rows,
+        "facts": facts,
     } | "Write" >> WriteDataset(config.output, config.image.image_format, config.shard_samples, config.manifest_options())

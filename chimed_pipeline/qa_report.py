@@ -2,7 +2,7 @@
 
 Pure: it reads sample JSON dicts (`<key>.json` of the shards) and counts QA pairs per sample,
 question and answer lengths in jieba tokens, and the modality mix. Lengths count jieba's words,
-leaving out whitespace, punctuation and the `<image>` marker, so "这是什么类型的影像？" is 5 tokens.
+leaving out whitespace, punctuation and the `<image>` marker, so "这是什么类型的影像？" is 6 tokens.
 """
 from __future__ import annotations
 

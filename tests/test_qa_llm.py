@@ -322,6 +322,7 @@ def test_llm_mode_needs_a_model():
 
 
 def test_dry_run_estimates_and_calls_nothing():
+    from transforms.base import FACTS, ROWS
     from transforms.instruct import DRY_RUN_DETAIL, GenerateQaFn
     from transforms.qa_llm import COMPLETION_TOKENS_PER_ITEM, estimate_cost
 
@@ -330,5 +331,8 @@ def test_dry_run_estimates_and_calls_nothing():
     assert estimate.completion_tokens == 3 * COMPLETION_TOKENS_PER_ITEM
     fn = GenerateQaFn(config(dry_run=True))
     fn.setup()
-    [row] = [out.value for out in fn.process([Record(id="d", caption_en=CT.caption, caption_zh=CT.caption_zh)])]
+    outputs = list(fn.process([Record(id="d", caption_en=CT.caption, caption_zh=CT.caption_zh)]))
+    [row] = [out.value for out in outputs if out.tag == ROWS]
     assert (row.reason, row.detail) == (Reason.QA_FAILED.value, DRY_RUN_DETAIL)
+    facts = dict(out.value for out in outputs if out.tag == FACTS)
+    assert facts and all(name.startswith("qa.dry_run_") for name in facts)

@@ -231,6 +231,9 @@ def test_pipeline_translates_tm_misses_and_a_rerun_with_its_tm_pays_nothing(fake
 
 
 def test_dry_run_estimates_and_calls_nothing(monkeypatch):
+    from apache_beam.pvalue import TaggedOutput
+
+    from transforms.base import FACTS
     from transforms.translate import DRY_RUN_PREFIX, SlotResult, TextRequest, TranslateMissesFn
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a dry run needs no key
@@ -239,7 +242,9 @@ def test_dry_run_estimates_and_calls_nothing(monkeypatch):
     texts = fakellm.figure_captions(3, seed=4)
     misses = [[TextRequest(f"r{n}", "caption", text, TmKind.CAPTION.value)] for n, text in enumerate(texts)]
     outputs = list(fn.process(misses))
+    facts = dict(o.value for o in outputs if isinstance(o, TaggedOutput) and o.tag == FACTS)
+    outputs = [o for o in outputs if not isinstance(o, TaggedOutput)]
     assert [record_id for record_id, _ in outputs] == ["r0", "r1", "r2"]
     assert all(isinstance(r, SlotResult) and r.reason == Reason.UNTRANSLATED and not r.target for _, r in outputs)
-    assert fn.counters.snapshot()[f"{DRY_RUN_PREFIX}requests"] == 1
+    assert fn.counters.snapshot()[f"{DRY_RUN_PREFIX}requests"] == facts[f"{DRY_RUN_PREFIX}requests"] == 1
     fn.teardown()

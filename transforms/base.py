@@ -1,9 +1,10 @@
 """The one shape every record stage has.
 
 A stage's DoFn looks at one Record and yields either the Record (it goes on to the next stage) or
-an IndexRow (the stage decided the record's fate: rejected or duplicate). `apply_stage` splits the
-two into a `StageResult`, so `pipeline.py` can chain stages and collect every decided row for the
-index: nothing is dropped without a row.
+an IndexRow (the stage decided the record's fate: rejected or duplicate), and may publish run facts
+(named counts such as LLM tokens or TM hits) with `publish`. `apply_stage` splits the three into a
+`StageResult`, so `pipeline.py` can chain stages, collect every decided row for the index (nothing
+is dropped without a row) and every fact for the run report.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from schemas import IndexRow, Record
 
 ROWS = "rows"
 RECORDS = "records"
+FACTS = "facts"
 METRICS_NAMESPACE = "chimed"
 
 
@@ -24,6 +26,7 @@ METRICS_NAMESPACE = "chimed"
 class StageResult:
     records: beam.PCollection  # Record: still in the running
     rows: beam.PCollection  # IndexRow: decided at this stage
+    facts: beam.PCollection | None = None  # (name, count): summed into the run report
 
 
 class RecordFn(beam.DoFn):
@@ -40,7 +43,9 @@ class RecordFn(beam.DoFn):
 
     def process(self, record: Record, *args, **kwargs) -> Iterator:
         for item in self.handle(record, *args, **kwargs):
-            if isinstance(item, IndexRow):
+            if isinstance(item, beam.pvalue.TaggedOutput):  # a published fact
+                yield item
+            elif isinstance(item, IndexRow):
                 self._count(item.reason or item.status)
                 yield beam.pvalue.TaggedOutput(ROWS, item)
             else:
@@ -60,10 +65,19 @@ def split_outputs(tagged) -> StageResult:
 
 
 def apply_stage(pcoll: beam.PCollection, label: str, fn: beam.DoFn, *args, **kwargs) -> StageResult:
-    """Run a RecordFn (or any DoFn yielding Records and TaggedOutput(ROWS, ...)) as one stage."""
-    tagged = pcoll | label >> beam.ParDo(fn, *args, **kwargs).with_outputs(ROWS, main=RECORDS)
-    return split_outputs(tagged)
+    """Run a RecordFn (or any DoFn yielding Records, TaggedOutput(ROWS, ...) and facts) as one stage."""
+    tagged = pcoll | label >> beam.ParDo(fn, *args, **kwargs).with_outputs(ROWS, FACTS, main=RECORDS)
+    return StageResult(records=tagged[RECORDS], rows=tagged[ROWS], facts=tagged[FACTS])
 
 
 def counter(name: str):
     return Metrics.counter(METRICS_NAMESPACE, name)
+
+
+def publish(counts: dict) -> Iterator:
+    """Add named counts to the Beam counters (for the operator, live) and emit them as facts (for
+    the run report: unlike counters, outputs of a retried bundle count once on every runner)."""
+    for name, amount in sorted(counts.items()):
+        if amount:
+            counter(name).inc(amount)
+            yield beam.pvalue.TaggedOutput(FACTS, (name, amount))

@@ -19,7 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas import IndexRow, Reason, Record, Stage
 from transforms.articles import ArticleSummary, FileAccess, is_article_input, read_article_input
-from transforms.base import RecordFn, StageResult, apply_stage
+from transforms.base import RecordFn, StageResult, apply_stage, publish
 from transforms.filelist import ArticleSelection, parse_file_list, parse_pmcids
 from transforms.licenses import LicensePolicy
 from transforms.manifests import is_manifest, read_manifest
@@ -81,9 +81,11 @@ class ReadInputFileFn(RecordFn):
     def handle(self, path: str):
         for item in read_input_file(path, self.images_root, load_selection(*self.selection_files)):
             if isinstance(item, ArticleSummary):  # articles are counted, not indexed: they are not records
-                self._count("articles_skipped" if item.skipped else "articles_read")
-                if not item.skipped and not item.figures:
-                    self._count("articles_without_figures")
+                yield from publish({
+                    "ingest.articles_skipped": int(bool(item.skipped)),
+                    "ingest.articles_read": int(not item.skipped),
+                    "ingest.articles_without_figures": int(not item.skipped and not item.figures),
+                })
             else:
                 yield item
 
@@ -109,4 +111,4 @@ class ReadInputs(beam.PTransform):
             | "SpreadFiles" >> beam.Reshuffle()
         )
         result = apply_stage(paths, "ReadFiles", ReadInputFileFn(self.images_root, *self.selection_files))
-        return StageResult(result.records | "SpreadRecords" >> beam.Reshuffle(), result.rows)
+        return StageResult(result.records | "SpreadRecords" >> beam.Reshuffle(), result.rows, result.facts)

@@ -19,7 +19,7 @@ import apache_beam as beam
 
 from schemas import IndexRow, Reason, Record, Stage
 from schemas.records import GPT, HUMAN, IMAGE_TOKEN, TURN_VALUE, turn
-from transforms.base import ROWS, RecordFn, StageResult, apply_stage, counter
+from transforms.base import ROWS, RecordFn, StageResult, apply_stage, publish
 from transforms.qa_pairs import conversation_pairs, llava_conversation
 from transforms.qa_template import detect_modality, template_qa
 from transforms.text import to_simplified
@@ -139,8 +139,7 @@ class GenerateQaFn(beam.DoFn):
             results = {s.item_id: QaResult(s.item_id, detail=DRY_RUN_DETAIL) for s in sources}
         else:
             results = {r.item_id: r for r in self._generator.generate(sources)}
-        for name, amount in self._counters.drain().items():
-            counter(name).inc(amount)
+        yield from publish(self._counters.drain())
         for record in records:
             result = results.get(record.id)
             if result is None:

@@ -25,12 +25,14 @@ class CaptionFactsFn(beam.DoFn):
 
 class BuildReport(beam.PTransform):
     """Kept Records -> (relative path, bytes) of the report files and the dataset card. The other
-    inputs are single-element PCollections: all IndexRows, their counts, ShardInfos, TmRows."""
+    inputs are single-element PCollections: all IndexRows, their counts, ShardInfos, TmRows, and the
+    run facts (summed counts the stages published: articles, TM hits, LLM requests and tokens)."""
 
-    def __init__(self, options: dict, rows, counts, shards, tm_rows) -> None:
+    def __init__(self, options: dict, rows, counts, shards, tm_rows, run_facts) -> None:
         super().__init__()
         self.options = options
         self.rows, self.counts, self.shards, self.tm_rows = rows, counts, shards, tm_rows
+        self.run_facts = run_facts
 
     def expand(self, records):
         singleton = beam.pvalue.AsSingleton
@@ -41,6 +43,6 @@ class BuildReport(beam.PTransform):
             | "CollectFacts" >> beam.combiners.ToList()
             | "RenderReport" >> beam.FlatMap(
                 report_files, singleton(self.rows), singleton(self.counts), singleton(self.shards),
-                singleton(self.tm_rows), self.options,
+                singleton(self.tm_rows), singleton(self.run_facts), self.options,
             )
         )

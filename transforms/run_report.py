@@ -12,11 +12,15 @@ import io
 from typing import Callable, Iterable
 
 from schemas import IndexRow, Record, ShardInfo, Stage, Status, TmRow, release
+from chimed_pipeline.qa_report import CHIMED_VL_REFERENCE, jieba_tokens, qa_pairs_of
 from transforms.report import dataset_card, stats_json
 
 MODALITY = "modality"
 EN_WORDS = "caption_en_words"
 ZH_TOKENS = "caption_zh_tokens"
+QA_PAIRS = "qa_pairs_per_sample"
+QUESTION_TOKENS = "question_tokens"
+ANSWER_TOKENS = "answer_tokens"
 NO_MODALITY = "unknown"
 GIVEN_TM = "given"  # a TM row without a model: supplied by --tm (human or earlier runs of unknown origin)
 LENGTH_BIN = 5  # caption lengths are counted in bins of this many words / tokens
@@ -31,7 +35,40 @@ def caption_facts(record: Record, zh_tokenize: Callable[[str], list[str]]) -> li
     if record.caption_zh:
         tokens = [token for token in zh_tokenize(record.caption_zh) if token.strip()]
         facts.append((ZH_TOKENS, len(tokens) // LENGTH_BIN * LENGTH_BIN))
+    pairs = qa_pairs_of(record.conversations)
+    facts.append((QA_PAIRS, len(pairs)))
+    for question, answer in pairs:
+        facts += [(QUESTION_TOKENS, jieba_tokens(question)), (ANSWER_TOKENS, jieba_tokens(answer))]
     return facts
+
+
+def histogram_median(histogram: dict) -> float:
+    """The median of the values a {value: count} histogram describes (0 when it is empty)."""
+    total = sum(histogram.values())
+    if not total:
+        return 0
+
+    def nth(k: int):  # the k-th smallest value, from 0
+        seen = 0
+        for value, n in sorted(histogram.items()):
+            seen += n
+            if seen > k:
+                return value
+
+    return (nth((total - 1) // 2) + nth(total // 2)) / 2
+
+
+def qa_summary(facts: dict) -> dict:
+    """Stage-2 QA figures from the per-record facts, beside ChiMed-VL's published ones."""
+    pairs = facts[QA_PAIRS]
+    return {
+        "samples_with_qa": sum(n for count, n in pairs.items() if count),
+        "qa_pairs": sum(count * n for count, n in pairs.items()),
+        "qa_pairs_per_sample_median": histogram_median({k: v for k, v in pairs.items() if k}),
+        "question_tokens_median": histogram_median(facts[QUESTION_TOKENS]),
+        "answer_tokens_median": histogram_median(facts[ANSWER_TOKENS]),
+        "chimed_vl": dict(CHIMED_VL_REFERENCE),
+    }
 
 
 def funnel(counts: dict) -> list[tuple[str, int]]:
@@ -58,7 +95,9 @@ def translation_mix(tm_rows: Iterable[TmRow]) -> dict[str, dict[str, int]]:
     return {origin: dict(sorted(kinds.items())) for origin, kinds in sorted(mix.items())}
 
 
-def report_details(counts: dict, fact_counts: Iterable[tuple[tuple[str, object], int]], rows, tm_rows) -> dict:
+def report_details(
+    counts: dict, fact_counts: Iterable[tuple[tuple[str, object], int]], rows, tm_rows, run_facts: dict
+) -> dict:
     """Everything the plots show, as plain JSON-able data (also written into stats.json)."""
     facts: dict[str, dict] = collections.defaultdict(dict)
     for (fact, value), n in fact_counts:
@@ -71,6 +110,8 @@ def report_details(counts: dict, fact_counts: Iterable[tuple[tuple[str, object],
         ZH_TOKENS: {str(k): v for k, v in sorted(facts[ZH_TOKENS].items())},
         "duplicate_cluster_sizes": {str(k): v for k, v in duplicate_cluster_sizes(rows).items()},
         "translation_memory": translation_mix(tm_rows),
+        "instruction_data": qa_summary(facts),
+        "run": run_facts,
     }
 
 
@@ -140,7 +181,9 @@ def _table(header: tuple[str, str], items: Iterable[tuple[object, object]]) -> s
     return f"<table><tr><th>{header[0]}</th><th>{header[1]}</th></tr>{body}</table>"
 
 
-def index_html(counts: dict, shards: list[ShardInfo], options: dict, figures: dict[str, tuple[str, bytes]]) -> bytes:
+def index_html(
+    counts: dict, shards: list[ShardInfo], options: dict, figures: dict[str, tuple[str, bytes]], details: dict
+) -> bytes:
     """report/index.html: the headline numbers, then every plot (files beside it) with its caption."""
     status = counts["status"]
     headline = [
@@ -161,6 +204,10 @@ td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}figure{{margin:1
 samples and the translation memory; <code>stats.json</code> holds the same data.</p>
 <h2>Totals</h2>{_table(("", "count"), headline)}
 <h2>Not kept, by reason</h2>{_table(("reason", "records"), counts["reason"].items())}
+<h2>Stage-2 instruction data (ChiMed-VL's published figures in <code>chimed_vl</code>)</h2>
+{_table(("", "value"), details["instruction_data"].items())}
+<h2>Run facts (articles read, translation memory hits, LLM requests, tokens, retries)</h2>
+{_table(("fact", "count"), details["run"].items())}
 <h2>Options that shaped the output</h2>{_table(("option", "value"), options.items())}
 <h2>Plots</h2>{sections}
 </body></html>
@@ -169,14 +216,15 @@ samples and the translation memory; <code>stats.json</code> holds the same data.
 
 
 def report_files(
-    fact_counts: list, rows: list[IndexRow], counts: dict, shards: list[ShardInfo], tm_rows: list[TmRow], options: dict
+    fact_counts: list, rows: list[IndexRow], counts: dict, shards: list[ShardInfo], tm_rows: list[TmRow],
+    run_facts: dict, options: dict,
 ) -> list[tuple[str, bytes]]:
     """(path relative to the dataset root, bytes) of every report file and of the dataset card."""
-    details = report_details(counts, fact_counts, rows, tm_rows)
+    details = report_details(counts, fact_counts, rows, tm_rows, run_facts)
     figures = plots(counts, details)
     return [
         (f"{release.REPORT_DIR}/stats.json", stats_json(counts, shards, options, details)),
         *[(f"{release.REPORT_DIR}/{name}", svg) for name, (_, svg) in figures.items()],
-        (f"{release.REPORT_DIR}/index.html", index_html(counts, shards, options, figures)),
+        (f"{release.REPORT_DIR}/index.html", index_html(counts, shards, options, figures, details)),
         (release.DATASET_CARD, dataset_card(counts, shards, options)),
     ]

@@ -15,7 +15,7 @@ import apache_beam as beam
 from chimed_pipeline.llm import Counters, LlmConfig
 from schemas import IndexRow, Reason, Record, Stage, TmKind, TmRow, tm_lookup_key
 from schemas.records import IMAGE_TOKEN, TURN_FROM, TURN_VALUE, turn
-from transforms.base import RECORDS, ROWS, StageResult, counter
+from transforms.base import FACTS, RECORDS, ROWS, StageResult, counter, publish
 from transforms.glossary import load_glossary
 from transforms.text import detect_language
 from transforms.translation import TranslationItem, TranslationResult, Translator, estimate_cost
@@ -96,11 +96,6 @@ def apply_results(record: Record, results: list[SlotResult]) -> Record | IndexRo
 class ResolveFromTmFn(beam.DoFn):
     """One lookup key: its requests and TM rows -> results for hits, the key's requests for misses."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.hits = counter("translate.tm_hits")
-        self.misses = counter("translate.tm_misses")
-
     def process(self, element):
         _, grouped = element
         requests = sorted(grouped[REQUESTS], key=lambda r: (r.record_id, r.slot))
@@ -108,11 +103,11 @@ class ResolveFromTmFn(beam.DoFn):
             return
         candidates = sorted(grouped[TM], key=lambda ranked: ranked[0])
         if not candidates:
-            self.misses.inc()
+            yield from publish({"translate.tm_misses": 1})
             yield beam.pvalue.TaggedOutput(MISSES, requests)
             return
         row = candidates[0][1]
-        self.hits.inc(len(requests))
+        yield from publish({"translate.tm_hits": len(requests)})
         yield beam.pvalue.TaggedOutput(USED_TM, row)
         for request in requests:
             yield request.record_id, SlotResult(request.slot, target=row.target)
@@ -143,7 +138,7 @@ class ApplyTranslationsFn(beam.DoFn):
 
 @dataclasses.dataclass
 class TranslateResult(StageResult):
-    tm_rows: beam.PCollection  # TmRow: every TM row this run used or produced
+    tm_rows: beam.PCollection | None = None  # TmRow: every TM row this run used or produced
 
 
 class Translate(beam.PTransform):
@@ -159,14 +154,14 @@ class Translate(beam.PTransform):
         resolved = (
             {REQUESTS: requests, TM: self.tm}
             | "JoinTm" >> beam.CoGroupByKey()
-            | "ResolveTm" >> beam.ParDo(ResolveFromTmFn()).with_outputs(MISSES, USED_TM, main="hits")
+            | "ResolveTm" >> beam.ParDo(ResolveFromTmFn()).with_outputs(MISSES, USED_TM, FACTS, main="hits")
         )
         if self.translate_misses is None:
             from_misses = resolved[MISSES] | "Untranslated" >> beam.FlatMap(leave_untranslated)
-            new_tm_rows = []
+            new_tm_rows, llm_facts = [], []
         else:
             translated = resolved[MISSES] | "Llm" >> self.translate_misses
-            from_misses, new_tm_rows = translated.results, [translated.tm_rows]
+            from_misses, new_tm_rows, llm_facts = translated.results, [translated.tm_rows], [translated.facts]
         results = (resolved.hits, from_misses) | "AllResults" >> beam.Flatten()
         applied = (
             {RECORD: records | "ById" >> beam.Map(lambda r: (r.id, r)), RESULTS: results}
@@ -174,7 +169,8 @@ class Translate(beam.PTransform):
             | "Apply" >> beam.ParDo(ApplyTranslationsFn()).with_outputs(ROWS, main=RECORDS)
         )
         tm_rows = (resolved[USED_TM], *new_tm_rows) | "TmRows" >> beam.Flatten()
-        return TranslateResult(records=applied[RECORDS], rows=applied[ROWS], tm_rows=tm_rows)
+        facts = (resolved[FACTS], *llm_facts) | "Facts" >> beam.Flatten()
+        return TranslateResult(records=applied[RECORDS], rows=applied[ROWS], facts=facts, tm_rows=tm_rows)
 
 
 # --- TM misses through the LLM (--llm-model), or estimated (--llm-dry-run) --------------------
@@ -215,8 +211,7 @@ class TranslateMissesFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(NEW_TM, result.tm_row)
             for request in group:
                 yield request.record_id, SlotResult(request.slot, result.target, result.reason, result.detail)
-        for name, delta in self.counters.drain().items():
-            counter(name).inc(delta)
+        yield from publish(self.counters.drain())
 
     def teardown(self) -> None:
         if self.client is not None:
@@ -227,6 +222,7 @@ class TranslateMissesFn(beam.DoFn):
 class MissTranslations:
     results: beam.PCollection  # (record id, SlotResult) for every request of every miss
     tm_rows: beam.PCollection  # TmRow for every new translation
+    facts: beam.PCollection  # (name, count): requests, tokens, retries
 
 
 class TranslateMisses(beam.PTransform):
@@ -241,9 +237,9 @@ class TranslateMisses(beam.PTransform):
         translated = (
             misses
             | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
-            | "Translate" >> beam.ParDo(TranslateMissesFn(self.llm)).with_outputs(NEW_TM, main=RESULTS)
+            | "Translate" >> beam.ParDo(TranslateMissesFn(self.llm)).with_outputs(NEW_TM, FACTS, main=RESULTS)
         )
-        return MissTranslations(results=translated[RESULTS], tm_rows=translated[NEW_TM])
+        return MissTranslations(results=translated[RESULTS], tm_rows=translated[NEW_TM], facts=translated[FACTS])
 
 
 def translate_misses(llm: LlmConfig) -> TranslateMisses | None:

@@ -122,7 +122,8 @@ class WriteIndexFn(beam.DoFn):
 
 class WriteDataset(beam.PTransform):
     """Inputs: {"records": kept Records, "pixels": (key, image bytes), "rows": decided IndexRows,
-    "tm_rows": TmRows used or produced}. Writes everything under `output`, manifest.json last."""
+    "tm_rows": TmRows used or produced, "facts": (name, count) published by the stages}.
+    Writes everything under `output`, manifest.json last."""
 
     def __init__(self, output: str, image_format: str, shard_samples: int, options: dict) -> None:
         super().__init__()
@@ -139,9 +140,15 @@ class WriteDataset(beam.PTransform):
         index_files = row_list | "WriteIndex" >> beam.ParDo(WriteIndexFn(self.output))
         tm_list = inputs["tm_rows"] | "CollectTm" >> beam.combiners.ToList()
         tm_file = tm_list | "WriteTm" >> beam.Map(lambda rows: write_file(self.output, tm_part_name(0), tm_jsonl(rows)))
+        run_facts = (
+            inputs["facts"]
+            | "SumFacts" >> beam.CombinePerKey(sum)
+            | "CollectRunFacts" >> beam.combiners.ToList()
+            | "SortFacts" >> beam.Map(lambda facts: dict(sorted(facts)))
+        )
         report_files = (
             inputs[RECORDS]
-            | "Report" >> BuildReport(self.options, row_list, counts, shard_infos, tm_list)
+            | "Report" >> BuildReport(self.options, row_list, counts, shard_infos, tm_list, run_facts)
             | "WriteReport" >> beam.MapTuple(lambda path, data: write_file(self.output, path, data))
         )
         files = (index_files, tm_file, report_files) | "AllFiles" >> beam.Flatten() | "CollectFiles" >> beam.combiners.ToList()
