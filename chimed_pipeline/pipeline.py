@@ -40,7 +40,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: RunConfig):
     captions = apply_stage(unique.records, "Captions", CleanCaptionFn())
     memory = pipeline | "TranslationMemory" >> ReadTranslationMemory(tm_patterns(config))
     translated = captions.records | "Translate" >> Translate(memory, translate_misses(config.llm))
-    instructed = translated.records | "Instruct" >> BuildInstructions(config.qa, config.llm)
+    instructed = translated.records | "Instruct" >> BuildInstructions(config.qa, config.llm, memory)
     stages = (ingested, images, licensed, unique, captions, translated, instructed)
     decided = [stage.rows for stage in stages] | "DecidedRows" >> beam.Flatten()
     facts = [stage.facts for stage in stages if stage.facts is not None] | "RunFacts" >> beam.Flatten()
@@ -48,6 +48,6 @@ def build_pipeline(pipeline: beam.Pipeline, config: RunConfig):
         "records": instructed.records,
         "pixels": pixels,
         "rows": decided,
-        "tm_rows": translated.tm_rows,
+        "tm_rows": [s.tm_rows for s in stages if s.tm_rows is not None] | "TmRows" >> beam.Flatten(),
         "facts": facts,
     } | "Write" >> WriteDataset(config.output, config.image.image_format, config.shard_samples, config.manifest_options())

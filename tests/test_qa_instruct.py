@@ -40,13 +40,14 @@ def test_ingested_chinese_qa_is_kept_in_simplified_chinese():
     assert record.modality == "fundus"
 
 
-def test_qa_failures_are_rejected_rows_at_the_instruct_stage():
-    unanswered = with_template_qa(Record(id="u", caption_zh="眼底。", conversations=[turn(HUMAN, "问题？")]), QA_TEMPLATE)
-    nothing = with_template_qa(Record(id="n", caption_en="Effects of timing on lysis.", caption_zh=""), QA_TEMPLATE)
-    for row in (unanswered, nothing):
-        assert isinstance(row, IndexRow)
-        assert (row.status, row.stage, row.reason) == ("rejected", Stage.INSTRUCT.value, Reason.QA_FAILED.value)
-        assert row.detail
+def test_unanswered_ingested_qa_is_rejected_and_a_caption_with_nothing_to_ask_keeps_its_record():
+    row = with_template_qa(Record(id="u", caption_zh="眼底。", conversations=[turn(HUMAN, "问题？")]), QA_TEMPLATE)
+    assert isinstance(row, IndexRow)
+    assert (row.status, row.stage, row.reason) == ("rejected", Stage.INSTRUCT.value, Reason.QA_FAILED.value)
+    assert row.detail
+    # Still a stage-1 alignment pair: kept, with no stage-2 turns (the trainer counts those apart).
+    kept = with_template_qa(Record(id="n", caption_en="Effects of timing on lysis."), QA_TEMPLATE)
+    assert isinstance(kept, Record) and kept.conversations == []
 
 
 def test_pmc_case_report_rows_become_one_record_per_image():

@@ -336,3 +336,34 @@ def test_dry_run_estimates_and_calls_nothing():
     assert (row.reason, row.detail) == (Reason.QA_FAILED.value, DRY_RUN_DETAIL)
     facts = dict(out.value for out in outputs if out.tag == FACTS)
     assert facts and all(name.startswith("qa.dry_run_") for name in facts)
+
+
+def test_llm_qa_is_kept_in_the_tm_so_a_rerun_pays_nothing(fake_qa, monkeypatch, tmp_path):
+    from schemas import TmRow
+    from transforms.instruct import pairs_from_tm
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    llm = http_config(fake_qa, batch_items=2, concurrency=1)
+    records = [Record(id="ok", caption_en=sources("")[0].caption, caption_zh="胸部增强轴位CT示右肺2 cm结节。")]
+
+    def build(tm_rows: list, name: str) -> tuple[list, list]:
+        with beam.Pipeline() as pipeline:
+            memory = pipeline | "Tm" >> beam.Create([(row.lookup_key, ((0, "tm", n), row)) for n, row in enumerate(tm_rows)])
+            result = pipeline | "Records" >> beam.Create(records) | BuildInstructions(QA_LLM, llm, memory)
+            _ = (result.tm_rows | "TmJson" >> beam.Map(lambda row: json.dumps(row.as_dict(), ensure_ascii=False))
+                 | "WriteTm" >> beam.io.WriteToText(str(tmp_path / f"{name}-tm")))
+            _ = (result.records | "Turns" >> beam.Map(lambda r: json.dumps(r.conversations, ensure_ascii=False))
+                 | "WriteTurns" >> beam.io.WriteToText(str(tmp_path / f"{name}-turns")))
+
+        def lines(prefix: str) -> list:
+            return [json.loads(line) for path in sorted(tmp_path.glob(f"{prefix}*")) for line in path.read_text().splitlines()]
+
+        return [TmRow.from_dict(row) for row in lines(f"{name}-tm")], lines(f"{name}-turns")
+
+    first_tm, first_turns = build([], "first")
+    assert len(fake_qa.requests) == 1
+    [row] = first_tm
+    assert row.kind == "qa" and row.model == llm.model and pairs_from_tm(row)
+    second_tm, second_turns = build(first_tm, "second")
+    assert len(fake_qa.requests) == 1  # the QA came from the TM
+    assert second_turns == first_turns and second_tm == first_tm

@@ -27,6 +27,7 @@ class StageResult:
     records: beam.PCollection  # Record: still in the running
     rows: beam.PCollection  # IndexRow: decided at this stage
     facts: beam.PCollection | None = None  # (name, count): summed into the run report
+    tm_rows: beam.PCollection | None = None  # TmRow: translation memory rows used or produced here
 
 
 class RecordFn(beam.DoFn):

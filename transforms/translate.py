@@ -136,18 +136,13 @@ class ApplyTranslationsFn(beam.DoFn):
                 yield result
 
 
-@dataclasses.dataclass
-class TranslateResult(StageResult):
-    tm_rows: beam.PCollection | None = None  # TmRow: every TM row this run used or produced
-
-
 class Translate(beam.PTransform):
     def __init__(self, tm: beam.PCollection, translate_misses: beam.PTransform | None = None) -> None:
         super().__init__()
         self.tm = tm
         self.translate_misses = translate_misses
 
-    def expand(self, records) -> TranslateResult:
+    def expand(self, records) -> StageResult:
         requests = records | "Requests" >> beam.FlatMap(
             lambda record: [(tm_lookup_key(r.text, TGT_LANG, r.kind), r) for r in text_requests(record)]
         )
@@ -170,7 +165,7 @@ class Translate(beam.PTransform):
         )
         tm_rows = (resolved[USED_TM], *new_tm_rows) | "TmRows" >> beam.Flatten()
         facts = (resolved[FACTS], *llm_facts) | "Facts" >> beam.Flatten()
-        return TranslateResult(records=applied[RECORDS], rows=applied[ROWS], facts=facts, tm_rows=tm_rows)
+        return StageResult(records=applied[RECORDS], rows=applied[ROWS], facts=facts, tm_rows=tm_rows)
 
 
 # --- TM misses through the LLM (--llm-model), or estimated (--llm-dry-run) --------------------

@@ -4,7 +4,8 @@ global batch, checkpoints that resume exactly, metrics per logged step, and the 
 Loss normalization: each optimizer step averages the loss over every label token of the global
 batch (all micro-batches, all ranks), not over micro-batch means, so short and long samples
 weigh the same whatever the batching. Ranks stay in step: a step happens only when every rank has
-a full set of micro-batches (the epoch's last partial global batch is dropped, as `drop_last`).
+its full number of micro-batches, so an epoch's last incomplete set of micro-batches is dropped; a
+micro-batch cut short at the end of a worker's data is still trained (its tokens weigh as any).
 """
 from __future__ import annotations
 
