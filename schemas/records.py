@@ -85,6 +85,7 @@ class Record:
     lang: str = _internal()  # detected language of the caption
     conversations_lang: str = _internal()  # language of `conversations` as ingested
     image_bytes: bytes = _internal(b"")  # raw input bytes, then the normalized shard image
+    phashes: tuple = _internal(())  # companion perceptual hashes (16-hex) near dedup matches besides `phash`
 
     def __post_init__(self) -> None:
         if not self.key:
