@@ -1,0 +1,233 @@
+"""Near-duplicate evaluation on real images: our hashes + block search vs imagehash.phash brute force.
+
+Images are read at run time from installed packages (scikit-image's `skimage/data`, pydicom's test
+files), never stored in the repo. Each original is one *family*: the original plus its generated
+copies (JPEG re-encode, resize, crops of 2-5%, grayscale, pasted panel letter, byte copy, white
+margin). Distinct-but-similar images are families of their own: aligned faces, frames of one
+echocardiography cine loop, CT / MR slices of other patients, two-panel figures sharing a panel.
+
+Both methods link items within the threshold and take connected components, as the pipeline does.
+  recall(variant)  share of originals whose copy ends in the original's component
+  false merges     pairs of distinct families that end in one component
+
+Usage: .venv/bin/python benchmarks/eval_dedup.py [--threshold 6] [--sweep 2 8]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from transforms.neardup import DEFAULT_HAMMING, DuplicateGroups, block_keys, bucket_links
+from transforms.phash import from_hex, hamming, perceptual_hashes, phash
+
+SAME_PICTURE_AS_ANOTHER = {"chessboard_RGB.png", "examples_rgb_color.dcm"}  # the package ships both
+STEREO_VIEW = "motorcycle_right.png"  # the other view of motorcycle_left: reported apart
+DICOM_FILES = ("CT_small.dcm", "MR_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm", "examples_jpeg2k.dcm",
+               "examples_palette.dcm", "examples_overlay.dcm", "JPEG2000.dcm", "image_dfl.dcm")
+ECHO_CINE = "examples_ybr_color.dcm"
+ECHO_FRAMES = (0, 10, 20, 29)
+FACES = 100  # lfw_subset: the first 100 of its 200 25x25 patches are faces
+COMPOSITES = 12
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def cut(image: Image.Image, left: float, top: float, right: float, bottom: float) -> Image.Image:
+    w, h = image.size
+    return image.crop((round(w * left), round(h * top), w - round(w * right), h - round(h * bottom)))
+
+
+def panel_letter(image: Image.Image, letter: str = "B", share: float = 0.10) -> Image.Image:
+    """A white square with a bold letter in the top-left corner, as journals label panels."""
+    labelled = image.convert("RGB")
+    side = max(8, round(min(image.size) * share))
+    draw = ImageDraw.Draw(labelled)
+    draw.rectangle((0, 0, side, side), fill="white")
+    draw.text((side / 2, side / 2), letter, fill="black", font=ImageFont.load_default(size=side), anchor="mm")
+    return labelled
+
+
+def white_margin(image: Image.Image, share: float = 0.05) -> Image.Image:
+    pad = round(max(image.size) * share)
+    framed = Image.new("RGB", (image.width + 2 * pad, image.height + 2 * pad), "white")
+    framed.paste(image.convert("RGB"), (pad, pad))
+    return framed
+
+
+def random_sides(seed: str):
+    rng = random.Random(seed)
+    return [rng.uniform(0.02, 0.05) for _ in range(4)]
+
+
+VARIANTS = {
+    "jpeg_q70": lambda im, raw, name: jpeg(im, 70),
+    "resize_50": lambda im, raw, name: png(im.resize((max(1, im.width // 2), max(1, im.height // 2)),
+                                                     Image.Resampling.BICUBIC)),
+    "crop_2_sides": lambda im, raw, name: png(cut(im, 0.02, 0.02, 0.02, 0.02)),
+    "crop_5_sides": lambda im, raw, name: png(cut(im, 0.05, 0.05, 0.05, 0.05)),
+    "crop_5_corner": lambda im, raw, name: png(cut(im, 0.05, 0.05, 0, 0)),
+    "crop_3_one_side": lambda im, raw, name: png(cut(im, 0, 0, 0.03, 0)),
+    "crop_random_2_5": lambda im, raw, name: png(cut(im, *random_sides(name))),
+    "grayscale": lambda im, raw, name: png(im.convert("L")),
+    "panel_letter": lambda im, raw, name: png(panel_letter(im)),
+    "white_margin": lambda im, raw, name: png(white_margin(im)),
+    "byte_copy": lambda im, raw, name: raw,
+}
+
+
+def _to8(array: np.ndarray) -> Image.Image:
+    """A medical frame windowed to 8 bits (0.5-99.5 percentiles), as a figure would show it."""
+    low, high = np.percentile(array.astype(np.float64), (0.5, 99.5))
+    scaled = np.clip((array - low) / max(high - low, 1e-9), 0, 1) * 255
+    return Image.fromarray(scaled.astype(np.uint8))
+
+
+def load_originals() -> dict[str, Image.Image]:
+    import pydicom
+    import skimage.data
+    from pydicom.data import get_testdata_file
+
+    originals = {}
+    for path in sorted(Path(skimage.data.__file__).parent.iterdir()):
+        if path.suffix in (".png", ".jpg") and path.name not in SAME_PICTURE_AS_ANOTHER:
+            image = Image.open(path)
+            originals[path.name] = image.convert("RGB") if image.mode not in ("L", "RGB") else image.copy()
+    for name in DICOM_FILES:
+        pixels = pydicom.dcmread(get_testdata_file(name)).pixel_array
+        originals[name] = Image.fromarray(pixels) if pixels.ndim == 3 else _to8(pixels)
+    return originals
+
+
+def load_distinct_similar(originals: dict[str, Image.Image]) -> dict[str, Image.Image]:
+    """Families that must stay apart: aligned faces, cine frames, two-panel figures sharing a panel."""
+    import pydicom
+    import skimage.data
+    from pydicom.data import get_testdata_file
+
+    similar = {}
+    for number, face in enumerate(skimage.data.lfw_subset()[:FACES]):
+        similar[f"face_{number:03d}"] = Image.fromarray((face * 255).astype(np.uint8))
+    frames = pydicom.dcmread(get_testdata_file(ECHO_CINE)).pixel_array
+    for number in ECHO_FRAMES:
+        similar[f"echo_frame_{number:02d}"] = Image.fromarray(frames[number])
+    names = [n for n in originals if n != STEREO_VIEW]
+    rng = random.Random(4)
+    for number in range(COMPOSITES):
+        shared, first, second = rng.sample(names, 3)
+        for variant, other in (("a", first), ("b", second)):
+            panels = [originals[name].convert("RGB").resize((256, 256)) for name in (shared, other)]
+            figure = Image.new("RGB", (512, 256), "white")
+            for index, panel in enumerate(panels):
+                figure.paste(panel, (256 * index, 0))
+            similar[f"two_panel_{number:02d}{variant}"] = figure
+    return similar
+
+
+def build_items() -> list[tuple[str, str, bytes]]:
+    """(family, variant, encoded bytes) for every item."""
+    originals = load_originals()
+    items = []
+    for name, image in originals.items():
+        raw = png(image)
+        items.append((name, "original", raw))
+        if name != STEREO_VIEW:
+            items += [(name, variant, make(image, raw, name)) for variant, make in VARIANTS.items()]
+    items += [(name, "original", png(image)) for name, image in load_distinct_similar(originals).items()]
+    return items
+
+
+def components(count: int, pairs) -> list[int]:
+    groups = DuplicateGroups()
+    for a, b in pairs:
+        groups.link((a,), (b,))
+    root = {int(node): int(kept) for node, kept in groups.survivors()}
+    return [root.get(i, i) for i in range(count)]
+
+
+def brute_force_pairs(hashes: list[int], threshold: int):
+    pairs = itertools.combinations(range(len(hashes)), 2)
+    return [(i, j) for i, j in pairs if hamming(hashes[i], hashes[j]) <= threshold]
+
+
+def block_search_pairs(hash_sets: list[tuple[int, ...]], threshold: int):
+    """The pipeline's search: block keys -> buckets -> bucket_links, over every hash of every item."""
+    owners = np.array([i for i, hashes in enumerate(hash_sets) for _ in hashes], dtype=np.int64)
+    values = np.array([h for hashes in hash_sets for h in hashes], dtype=np.uint64)
+    keys = block_keys(values, threshold)
+    pairs = set()
+    for key in np.unique(keys):
+        rows = np.flatnonzero((keys == key).any(axis=1))
+        pairs.update(map(tuple, bucket_links(int(key), values[rows], owners[rows], threshold).tolist()))
+    return sorted(pairs)
+
+
+def score(items, component: list[int]):
+    where = {(family, variant): component[i] for i, (family, variant, _) in enumerate(items)}
+    recall = {}
+    for variant in VARIANTS:
+        caught = [where[f, variant] == where[f, "original"] for f, v, _ in items if v == variant]
+        recall[variant] = (sum(caught), len(caught))
+    members: dict[int, set] = {}
+    for i, (family, _, _) in enumerate(items):
+        members.setdefault(component[i], set()).add(family)
+    merged = sorted(pair for group in members.values() for pair in itertools.combinations(sorted(group), 2))
+    stereo = [pair for pair in merged if STEREO_VIEW in pair]
+    return recall, [pair for pair in merged if STEREO_VIEW not in pair], stereo
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threshold", type=int, default=DEFAULT_HAMMING)
+    parser.add_argument("--sweep", type=int, nargs=2, metavar=("LOW", "HIGH"), help="also print a threshold sweep")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    items = build_items()
+    datas = [data for _, _, data in items]
+    reference = [int(str(__import__("imagehash").phash(Image.open(io.BytesIO(d)))), 16) for d in datas]
+    ours = [perceptual_hashes(d) for d in datas]
+    fast = [h.phash for h in ours]
+    families = len({f for f, _, _ in items})
+    print(f"{len(items)} items, {families} families, hashed in {time.perf_counter() - started:.1f}s")
+    diff = [hamming(a, b) for a, b in zip(fast, reference)]
+    print(f"fast pHash vs imagehash.phash: identical {sum(d == 0 for d in diff)}/{len(diff)}, "
+          f"mean {np.mean(diff):.2f} bits, 95th pct {np.percentile(diff, 95):.0f}, max {max(diff)}")
+
+    methods = {
+        "imagehash.phash, brute force": lambda t: brute_force_pairs(reference, t),
+        "ours: pHash + companions, blocks": lambda t: block_search_pairs([h.all for h in ours], t),
+    }
+    thresholds = range(args.sweep[0], args.sweep[1] + 1) if args.sweep else [args.threshold]
+    for threshold in thresholds:
+        print(f"\n== threshold {threshold} bits ==")
+        results = {name: score(items, components(len(items), pairs(threshold))) for name, pairs in methods.items()}
+        print(f"{'variant':18s}" + "".join(f"{name:>36s}" for name in results))
+        for variant in VARIANTS:
+            print(f"{variant:18s}" + "".join(f"{'%d/%d' % r[0][variant]:>36s}" for r in results.values()))
+        print(f"{'false merges':18s}" + "".join(f"{len(r[1]):>36d}" for r in results.values()))
+        print(f"{'stereo pair merged':18s}" + "".join(f"{str(bool(r[2])):>36s}" for r in results.values()))
+        for name, (_, merged, _) in results.items():
+            if merged:
+                print(f"  {name}: {merged[:8]}{' ...' if len(merged) > 8 else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
