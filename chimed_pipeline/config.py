@@ -6,6 +6,7 @@ import dataclasses
 from chimed_pipeline.llm import LlmConfig
 from transforms.images import ImageLimits
 from transforms.licenses import LicensePolicy
+from transforms.neardup import DEFAULT_HAMMING, exclusion_digest
 
 DEFAULT_SHARD_SAMPLES = 1000
 
@@ -23,6 +24,8 @@ class RunConfig:
     shard_samples: int = DEFAULT_SHARD_SAMPLES
     image: ImageLimits = ImageLimits()
     qa: str = "template"  # stage-2 QA: llm | template | none (transforms.instruct.QA_MODES)
+    dedup_hamming: int = DEFAULT_HAMMING  # --dedup-hamming: near duplicates within this many pHash bits
+    excluded_hashes: tuple = ()  # --exclude-hashes: ExcludedHash entries, read at launch
 
     def manifest_options(self) -> dict:
         """Only what changes the output's bytes: no paths, runner, workers, endpoints or times."""
@@ -36,4 +39,6 @@ class RunConfig:
             "image_max_pixels": self.image.max_pixels,
             "llm_model": self.llm.model,
             "qa": self.qa,
+            "dedup_hamming": self.dedup_hamming,
+            "excluded_hashes": exclusion_digest(self.excluded_hashes),
         }

@@ -36,7 +36,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: RunConfig):
     pixels = images.records | "Pixels" >> beam.Map(lambda record: (record.key, record.image_bytes))
     records = images.records | "DropPixels" >> beam.Map(Record.without_image)
     licensed = apply_stage(records, "License", FilterLicenseFn(config.license))
-    unique = licensed.records | "Dedup" >> Deduplicate()
+    unique = licensed.records | "Dedup" >> Deduplicate(config.dedup_hamming, config.excluded_hashes)
     captions = apply_stage(unique.records, "Captions", CleanCaptionFn())
     memory = pipeline | "TranslationMemory" >> ReadTranslationMemory(tm_patterns(config))
     translated = captions.records | "Translate" >> Translate(memory, translate_misses(config.llm))

@@ -40,15 +40,21 @@ def cross_section(rng, size, brain: bool) -> Image.Image:
 
 
 def chest_xray(rng, size) -> Image.Image:
+    """Chest film: lungs, heart, spine and ribs placed by the seed (so two seeds are two patients)."""
     w, h = size
     yy, xx = np.mgrid[:h, :w]
-    img = 170 + 40 * np.cos((xx - w / 2) / w * np.pi)
+    exposure = rng.uniform(-15, 15) * (xx / w - 0.5) + rng.uniform(-20, 20) * (yy / h - 0.5)  # uneven film
+    img = 170 + 40 * np.cos((xx - w / 2) / w * np.pi) + exposure
+    centre_y = h * rng.uniform(0.42, 0.54)
     for side in (-1, 1):
-        lung = _ellipse_mask(img.shape, (w / 2 + side * w * 0.2, h * 0.48), (w * 0.15, h * 0.32))
+        lung = _ellipse_mask(img.shape, (w / 2 + side * w * rng.uniform(0.16, 0.24), centre_y),
+                             (w * rng.uniform(0.11, 0.17), h * rng.uniform(0.24, 0.34)))
         img[lung] = 55 + rng.uniform(-8, 8)
+    heart = (w * rng.uniform(0.45, 0.58), centre_y + h * 0.12)
+    img[_ellipse_mask(img.shape, heart, (w * rng.uniform(0.08, 0.14), h * 0.12))] = 190
     img[:, int(w * 0.47) : int(w * 0.53)] = 215  # spine
-    for k in range(8):
-        y = h * (0.22 + 0.075 * k)
+    for k in range(int(rng.integers(6, 10))):
+        y = h * (0.2 + 0.07 * k)
         img[(np.abs(yy - y - 0.02 * (xx - w / 2) ** 2 / w) < 2.5)] += 35  # ribs
     img += _noise(rng, img.shape, 6.0)
     return _gray(img).filter(ImageFilter.GaussianBlur(1.5)).convert("RGB")
@@ -72,13 +78,16 @@ def histology(rng, size) -> Image.Image:
 def ultrasound(rng, size) -> Image.Image:
     w, h = size
     yy, xx = np.mgrid[:h, :w]
-    angle = np.arctan2(xx - w / 2, yy + h * 0.05)
-    radius = np.hypot(xx - w / 2, yy + h * 0.05)
-    sector = (np.abs(angle) < 0.6) & (radius < h * 0.95)
+    apex = w / 2 + rng.uniform(-0.12, 0.12) * w
+    angle = np.arctan2(xx - apex, yy + h * 0.05)
+    radius = np.hypot(xx - apex, yy + h * 0.05)
+    sector = (np.abs(angle) < rng.uniform(0.45, 0.75)) & (radius < h * rng.uniform(0.8, 0.97))
     img = np.zeros((h, w))
     img[sector] = 60 + np.abs(_noise(rng, img.shape, 45.0))[sector]
-    lesion = _ellipse_mask(img.shape, (w / 2 + rng.uniform(-40, 40), h * 0.55), (w * 0.08, h * 0.06))
-    img[lesion & sector] = 15
+    for _ in range(int(rng.integers(1, 4))):
+        lesion = _ellipse_mask(img.shape, (apex + rng.uniform(-0.2, 0.2) * w, h * rng.uniform(0.3, 0.75)),
+                               (w * rng.uniform(0.04, 0.1), h * rng.uniform(0.03, 0.08)))
+        img[lesion & sector] = rng.choice([15, 200])
     return _gray(img).filter(ImageFilter.GaussianBlur(1.0)).convert("RGB")
 
 
@@ -103,10 +112,14 @@ def fundus(rng, size) -> Image.Image:
     image = Image.new("RGB", size, "black")
     draw = ImageDraw.Draw(image)
     draw.ellipse((w * 0.05, h * 0.05, w * 0.95, h * 0.95), fill=(190, 80, 40))
-    disc = (w * rng.uniform(0.55, 0.7), h * 0.5)
-    for _ in range(7):
+    side = rng.choice([-1, 1])  # left or right eye: the disc sits on the nasal side
+    disc = (w * (0.5 + side * rng.uniform(0.12, 0.25)), h * rng.uniform(0.38, 0.62))
+    macula = (w * (0.5 - side * rng.uniform(0.05, 0.15)), h * rng.uniform(0.4, 0.6))
+    r = w * rng.uniform(0.06, 0.1)
+    draw.ellipse((macula[0] - r, macula[1] - r, macula[0] + r, macula[1] + r), fill=(120, 40, 25))
+    for _ in range(int(rng.integers(5, 10))):
         end = (rng.uniform(w * 0.1, w * 0.9), rng.uniform(h * 0.1, h * 0.9))
-        draw.line((*disc, *end), fill=(130, 30, 20), width=4)
+        draw.line((*disc, *end), fill=(130, 30, 20), width=int(rng.integers(3, 7)))
     draw.ellipse((disc[0] - 30, disc[1] - 30, disc[0] + 30, disc[1] + 30), fill=(250, 210, 140))
     return image.filter(ImageFilter.GaussianBlur(1.5))
 

@@ -1,26 +1,20 @@
-"""Dedup stage: exact duplicates by sha256 of the source bytes.
+"""Dedup stage: the exclusion list, exact duplicates by sha256 of the source bytes, then near
+duplicates by perceptual hash (transforms/neardup.py, docs/dedup.md).
 
-Survivor order (shared by every dedup step): commercial-use license first, then the larger image,
-then the richer (longer) caption, then the smaller id — so the choice is deterministic and keeps the
-copy users would pick. Runs on light records (no pixels), so the shuffle carries metadata only.
+Survivor order (shared by every dedup step, `survivor_rank`): commercial-use license first, then the
+larger image, then the richer (longer) caption, then the smaller id — so the choice is deterministic
+and keeps the copy users would pick. Runs on light records (no pixels), so the shuffle carries
+metadata only. An exact duplicate whose survivor then loses to a near duplicate names the record
+finally kept.
 """
 from __future__ import annotations
 
 import apache_beam as beam
 
 from schemas import IndexRow, Reason, Record, Stage, Status
-from transforms.base import ROWS, RECORDS, StageResult, counter, split_outputs
-from transforms.licenses import COMMERCIAL_USE
-
-
-def survivor_rank(record: Record) -> tuple:
-    """Smaller is better: the record kept among duplicates is the one with the smallest rank."""
-    return (
-        record.source.license not in COMMERCIAL_USE,
-        -(record.original_width * record.original_height),
-        -len(record.caption),
-        record.id,
-    )
+from transforms.base import ROWS, RECORDS, StageResult, apply_stage, counter, split_outputs
+from transforms.neardup import DEFAULT_HAMMING, ExcludedHashIndex, survivor_rank
+from transforms.neardup_beam import ExcludeHashesFn, NearDeduplicate, RepointDuplicates
 
 
 def pick_survivor(records: list[Record], reason: Reason) -> tuple[Record, list[IndexRow]]:
@@ -44,11 +38,23 @@ class KeepExactSurvivorFn(beam.DoFn):
 
 
 class Deduplicate(beam.PTransform):
+    def __init__(self, hamming: int = DEFAULT_HAMMING, excluded_hashes: tuple = ()) -> None:
+        super().__init__()
+        self.hamming = hamming
+        self.excluded = ExcludedHashIndex(excluded_hashes, hamming) if excluded_hashes else None
+
     def expand(self, records) -> StageResult:
+        rows = []
+        if self.excluded is not None:
+            screened = apply_stage(records, "ExcludeHashes", ExcludeHashesFn(self.excluded))
+            records, rows = screened.records, [screened.rows]
         tagged = (
             records
             | "BySha256" >> beam.Map(lambda record: (record.sha256, record))
             | "GroupExact" >> beam.GroupByKey()
             | "KeepExact" >> beam.ParDo(KeepExactSurvivorFn()).with_outputs(ROWS, main=RECORDS)
         )
-        return split_outputs(tagged)
+        exact = split_outputs(tagged)
+        near = exact.records | "Near" >> NearDeduplicate(self.hamming)
+        exact_rows = exact.rows | "ToFinalSurvivor" >> RepointDuplicates(near.survivors)
+        return StageResult(near.records, [*rows, exact_rows, near.rows] | "DedupRows" >> beam.Flatten())

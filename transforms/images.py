@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 
 from schemas import IndexRow, Reason, Record, Stage
 from transforms.base import RecordFn
+from transforms.phash import perceptual_hashes, to_hex
 
 # Decompression bombs are refused from the header by our own cap (`ImageLimits.max_pixels`), before
 # decoding; Pillow's global check is off so that it cannot raise from inside open() instead.
@@ -148,6 +149,7 @@ class ProcessImageFn(RecordFn):
         except ImageRejected as rejected:
             yield IndexRow.rejected(record, Stage.IMAGE, rejected.reason, rejected.detail)
             return
+        hashes = perceptual_hashes(image.data)  # of the stored image: a sample's phash is its image's
         yield dataclasses.replace(
             record,
             image_bytes=image.data,
@@ -155,4 +157,6 @@ class ProcessImageFn(RecordFn):
             height=image.height,
             original_width=image.original_width,
             original_height=image.original_height,
+            phash=to_hex(hashes.phash),
+            phashes=tuple(map(to_hex, hashes.companions)),
         )

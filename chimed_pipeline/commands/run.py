@@ -12,6 +12,7 @@ from chimed_pipeline.llm import add_llm_arguments, llm_config_from_args
 from transforms.images import ImageLimits
 from transforms.instruct import QA_LLM, QA_MODES, default_qa_mode, llm_requested
 from transforms.licenses import LicensePolicy
+from transforms.neardup import DEFAULT_HAMMING, MAX_HAMMING, parse_hash_lines
 
 PASS_UNKNOWN_ARGS = True
 LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner")
@@ -38,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-samples", type=int, default=DEFAULT_SHARD_SAMPLES, help="target samples per shard")
     parser.add_argument("--image-format", choices=["jpg", "png"], default="jpg")
     parser.add_argument("--image-max-side", type=int, default=ImageLimits.max_side)
+    parser.add_argument("--dedup-hamming", type=int, default=DEFAULT_HAMMING, metavar="BITS",
+                        help=f"near duplicates: perceptual hashes at most BITS apart (0-{MAX_HAMMING}, "
+                        f"default {DEFAULT_HAMMING}; docs/dedup.md)")
+    parser.add_argument("--exclude-hashes", default="", metavar="FILE",
+                        help="drop images within --dedup-hamming bits of a hash in FILE (the `hash` command's "
+                        "output), e.g. evaluation benchmarks' images")
     add_llm_arguments(parser)
 
 
@@ -53,6 +60,18 @@ def _local_path(path: str) -> str:
     return path if _URI.match(path) or not path else os.path.abspath(path)
 
 
+def _read_excluded_hashes(path: str) -> tuple:
+    from apache_beam.io.filesystems import FileSystems
+
+    path = _check_local_inputs([path])[0]
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        text = handle.read().decode("utf-8")
+    try:
+        return tuple(parse_hash_lines(text.splitlines()))
+    except ValueError as error:
+        raise SystemExit(f"error: --exclude-hashes {path}: {error}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     inputs, images, tm = args.input, args.images, list(args.tm)
     if not inputs:
@@ -63,6 +82,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         LOG.info("no --input: building the bundled sample from %s", sample.root)
     if args.shard_samples < 1 or args.image_max_side < 16:
         raise SystemExit("error: --shard-samples must be >= 1 and --image-max-side >= 16")
+    if not 0 <= args.dedup_hamming <= MAX_HAMMING:
+        raise SystemExit(f"error: --dedup-hamming must be between 0 and {MAX_HAMMING}")
     llm = llm_config_from_args(args)
     qa = args.qa or default_qa_mode(llm)
     if qa == QA_LLM and not llm_requested(llm):
@@ -79,6 +100,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         shard_samples=args.shard_samples,
         image=ImageLimits(max_side=args.image_max_side, image_format=args.image_format),
         qa=qa,
+        dedup_hamming=args.dedup_hamming,
+        excluded_hashes=_read_excluded_hashes(args.exclude_hashes) if args.exclude_hashes else (),
     )
 
 
