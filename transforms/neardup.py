@@ -29,11 +29,11 @@ from transforms.licenses import COMMERCIAL_USE
 from transforms.phash import HASH_BITS, from_hex, hamming, to_hex
 
 DEFAULT_HAMMING = 4  # set by benchmarks/eval_dedup.py; see docs/dedup.md
-MAX_HAMMING = 12  # beyond this the blocks get narrower than KEY_BITS
-KEY_BITS = 10  # leading bits of a block in its key: (threshold + 1) * 1024 buckets
+MAX_HAMMING = 12  # 13 blocks of ~5 bits: wider searches leave each bucket a large share of all hashes
+KEY_BITS = 10  # leading bits of a block in its key: (threshold + 1) * 1024 buckets at most
 LEAF_SIZE = 256  # compare all pairs at or below this many distinct hashes
 SPLIT_DEPTH = 2  # levels of re-splitting a large bucket before comparing it in chunks
-HOT_CHUNK = 512  # a bucket still this large after splitting is compared only in chunks this long
+HOT_CHUNK = 512  # a part that splitting does not shrink is compared only within chunks this long
 
 _ALL_BITS = (1 << HASH_BITS) - 1
 
@@ -126,7 +126,9 @@ def _pairs_chunked(values: np.ndarray, threshold: int, stats: SearchStats) -> np
     return np.concatenate([chunk[_pairs_all(values[chunk], threshold, stats)] for chunk in chunks])
 
 
-def _pairs_within_runs(values, order, run_of, threshold, stats) -> np.ndarray:
+def _pairs_within_runs(
+    values: np.ndarray, order: np.ndarray, run_of: np.ndarray, threshold: int, stats: SearchStats
+) -> np.ndarray:
     """Pairs inside runs of equal sub-block value, all runs at once: offset d pairs the d-th next
     element of the sorted order when it is still in the same run."""
     found = []
