@@ -26,7 +26,8 @@ setup(
         "matplotlib>=3.8",  # run report plots
     ],
     extras_require={
-        "dev": ["pytest>=8", "datasets>=3", "imagehash>=4.3"],
+        # skimage and pydicom: their bundled images are the stand-in figures of the hash tests and evaluation.
+        "dev": ["pytest>=8", "datasets>=3", "imagehash>=4.3", "scikit-image>=0.24", "pydicom>=3", "pubmed_parser>=0.5"],
         "gcp": [f"apache-beam[gcp]=={BEAM_VERSION}", "google-cloud-secret-manager>=2"],
         "aws": [f"apache-beam[aws]=={BEAM_VERSION}"],
         "hub": ["huggingface_hub>=0.24"],
