@@ -6,11 +6,12 @@ copies (JPEG re-encode, resize, crops of 2-5%, grayscale, pasted panel letter, b
 margin). Distinct-but-similar images are families of their own: aligned faces, frames of one
 echocardiography cine loop, CT / MR slices of other patients, two-panel figures sharing a panel.
 
-Both methods link items within the threshold and take connected components, as the pipeline does.
+Every method links items within the threshold and takes connected components, as the pipeline does.
+Ours runs with and without the layout check on matched pairs.
   recall(variant)  share of originals whose copy ends in the original's component
   false merges     pairs of distinct families that end in one component
 
-Usage: .venv/bin/python benchmarks/eval_dedup.py [--threshold 6] [--sweep 2 8]
+Usage: .venv/bin/python benchmarks/eval_dedup.py [--threshold 6] [--sweep 2 8] [--layout-sweep 4 14]
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from transforms.neardup import DEFAULT_HAMMING, DuplicateGroups, block_keys, bucket_links
-from transforms.phash import from_hex, hamming, perceptual_hashes, phash
+from transforms.neardup import DEFAULT_HAMMING, LAYOUT_HAMMING, DuplicateGroups, Layouts, block_keys, bucket_links
+from transforms.phash import PerceptualHashes, hamming, perceptual_hashes
 
 SAME_PICTURE_AS_ANOTHER = {"chessboard_RGB.png", "examples_rgb_color.dcm"}  # the package ships both
 STEREO_VIEW = "motorcycle_right.png"  # the other view of motorcycle_left: reported apart
@@ -166,15 +167,19 @@ def brute_force_pairs(hashes: list[int], threshold: int):
     return [(i, j) for i, j in pairs if hamming(hashes[i], hashes[j]) <= threshold]
 
 
-def block_search_pairs(hash_sets: list[tuple[int, ...]], threshold: int):
-    """The pipeline's search: block keys -> buckets -> bucket_links, over every hash of every item."""
-    owners = np.array([i for i, hashes in enumerate(hash_sets) for _ in hashes], dtype=np.int64)
-    values = np.array([h for hashes in hash_sets for h in hashes], dtype=np.uint64)
+def block_search_pairs(hashes: list[PerceptualHashes], threshold: int, layout_limit: int | None):
+    """The pipeline's search: block keys -> buckets -> bucket_links, over every hash of every item;
+    matched pairs verified by their layouts unless `layout_limit` is None."""
+    owners = np.array([i for i, item in enumerate(hashes) for _ in item.all], dtype=np.int64)
+    values = np.array([h for item in hashes for h in item.all], dtype=np.uint64)
+    layouts = np.array([layout for item in hashes for layout in item.layouts], dtype=np.uint64)
     keys = block_keys(values, threshold)
     pairs = set()
     for key in np.unique(keys):
         rows = np.flatnonzero((keys == key).any(axis=1))
-        pairs.update(map(tuple, bucket_links(int(key), values[rows], owners[rows], threshold).tolist()))
+        check = None if layout_limit is None else Layouts(layouts[rows], np.ones(len(rows), bool), layout_limit)
+        links = bucket_links(int(key), values[rows], owners[rows], threshold, layouts=check)
+        pairs.update(map(tuple, links.tolist()))
     return sorted(pairs)
 
 
@@ -196,6 +201,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threshold", type=int, default=DEFAULT_HAMMING)
     parser.add_argument("--sweep", type=int, nargs=2, metavar=("LOW", "HIGH"), help="also print a threshold sweep")
+    parser.add_argument("--layout-sweep", type=int, nargs=2, metavar=("LOW", "HIGH"),
+                        help="also print misses and false merges per layout limit at --threshold")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -212,7 +219,8 @@ def main() -> int:
 
     methods = {
         "imagehash.phash, brute force": lambda t: brute_force_pairs(reference, t),
-        "ours: pHash + companions, blocks": lambda t: block_search_pairs([h.all for h in ours], t),
+        "ours, no layout check": lambda t: block_search_pairs(ours, t, None),
+        f"ours, layouts within {LAYOUT_HAMMING}": lambda t: block_search_pairs(ours, t, LAYOUT_HAMMING),
     }
     thresholds = range(args.sweep[0], args.sweep[1] + 1) if args.sweep else [args.threshold]
     for threshold in thresholds:
@@ -226,6 +234,13 @@ def main() -> int:
         for name, (_, merged, _) in results.items():
             if merged:
                 print(f"  {name}: {merged[:8]}{' ...' if len(merged) > 8 else ''}")
+    if args.layout_sweep:
+        print(f"\n== layout limit sweep at {args.threshold} bits ==")
+        for limit in range(args.layout_sweep[0], args.layout_sweep[1] + 1, 2):
+            pairs = block_search_pairs(ours, args.threshold, limit)
+            recall, merged, _ = score(items, components(len(items), pairs))
+            missed = {variant: total - caught for variant, (caught, total) in recall.items() if caught < total}
+            print(f"layouts within {limit:2d}: copies missed {missed}, false merges {merged}")
     return 0
 
 

@@ -13,9 +13,11 @@ from apache_beam.testing.util import assert_that, equal_to
 from schemas import Reason, Record, Source, Stage, Status
 from transforms.licenses import CC_BY, CC_BY_NC
 from transforms.neardup import (
+    LAYOUT_HAMMING,
     LEAF_SIZE,
     DuplicateGroups,
     ExcludedHashIndex,
+    Layouts,
     SearchStats,
     block_keys,
     block_masks,
@@ -24,7 +26,7 @@ from transforms.neardup import (
     parse_hash_lines,
     survivor_rank,
 )
-from transforms.neardup_beam import ExcludeHashesFn, NearDeduplicate
+from transforms.neardup_beam import ExcludeHashesFn, NearDeduplicate, record_layouts
 from transforms.phash import to_hex
 
 ALL = (1 << 64) - 1
@@ -116,6 +118,35 @@ def test_hashes_of_one_record_never_link_it_to_itself():
     hashes = np.array([1, 1, 3], dtype=np.uint64)
     owners = np.array([0, 0, 0])
     assert bucket_links(int(block_keys(hashes, 4)[0, 0]), hashes, owners, 4).size == 0
+
+
+def links_with_layouts(hashes, layouts, known=None) -> list[tuple[int, int]]:
+    hashes = np.array(hashes, dtype=np.uint64)
+    known = np.ones(len(hashes), bool) if known is None else np.array(known)
+    check = Layouts(np.array(layouts, dtype=np.uint64), known)
+    key = int(block_keys(hashes, 4)[0, 0])
+    return [tuple(pair) for pair in bucket_links(key, hashes, np.arange(len(hashes)), 4, layouts=check).tolist()]
+
+
+def test_layouts_veto_pairs_the_hashes_matched_unless_a_record_has_none():
+    base, layout = 0x0F0F_3C3C_A5A5_5A5A, 0x1234_5678_9ABC_DEF0
+    far = layout ^ (((1 << (LAYOUT_HAMMING + 1)) - 1) << 8)  # one bit past the limit
+    hashes = [base, base ^ 0b11, base ^ 0b101]
+    assert links_with_layouts(hashes, [layout, layout ^ 0b1, far]) == [(0, 1)]
+    assert links_with_layouts(hashes, [layout, layout ^ 0b1, 0], known=[True, True, False]) == [(0, 1), (0, 2), (1, 2)]
+
+
+def test_identical_hashes_with_other_layouts_are_each_compared():
+    """Identical hashes are linked through their first occurrence only when their layouts are equal too."""
+    value, layout = 0x0F0F_3C3C_A5A5_5A5A, 0x1234_5678_9ABC_DEF0
+    far = layout ^ ((1 << 32) - 1)
+    assert links_with_layouts([value, value, value], [far, layout, layout]) == [(1, 2)]
+
+
+def test_record_layouts_go_with_its_hashes_or_are_absent():
+    hashed = dataclasses.replace(record("r", 0x1234, companions=[0x5678]), phash_layouts=("00000000000000ff", "000000000000000f"))
+    assert record_layouts(hashed) == (0xFF, 0x0F)
+    assert record_layouts(dataclasses.replace(hashed, phash_layouts=("00000000000000ff",))) == ()
 
 
 def rank(record_id: str, license: str = CC_BY, side: int = 100, caption: str = "") -> tuple:
@@ -223,3 +254,18 @@ def test_demo_release_drops_the_resized_copy_as_a_near_duplicate(built_release):
     near = {row["id"]: row["duplicate_of"] for row in rows if row["reason"] == Reason.NEAR_DUPLICATE.value}
     assert near == {"pairs_L4": "pairs_L3"}  # mri_brain_followup.jpg: half size, JPEG q75
     assert all(len(row["phash"]) == 16 for row in rows if row["status"] == Status.KEPT.value)
+
+
+def test_near_dedup_on_beam_keeps_apart_records_whose_layouts_disagree():
+    base, layout = 0x0F0F_3C3C_A5A5_5A5A, 0x1234_5678_9ABC_DEF0
+    records = [
+        dataclasses.replace(record("a", base), phash_layouts=(to_hex(layout),)),
+        dataclasses.replace(record("b", base ^ 0b11, side=400), phash_layouts=(to_hex(layout ^ 0xFFFF_FFFF),)),
+        dataclasses.replace(record("c", base ^ 0b1), phash_layouts=(to_hex(layout ^ 0b1),)),
+    ]
+    with beam.Pipeline(runner=FnApiRunner()) as pipeline:
+        result = pipeline | beam.Create(records) | NearDeduplicate(4)
+        kept = result.records | "KeptIds" >> beam.Map(lambda r: r.id)
+        rows = result.rows | "Rows" >> beam.Map(lambda row: (row.id, row.duplicate_of))
+        assert_that(kept, equal_to(["a", "b"]), label="kept")
+        assert_that(rows, equal_to([("c", "a")]), label="rows")

@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from transforms.neardup import DEFAULT_HAMMING
+from transforms.neardup import DEFAULT_HAMMING, LAYOUT_HAMMING
 from transforms.phash import (
+    LABEL_FREE_BANDS,
     WORK_SIDE,
     decode_gray,
     from_hex,
     hamming,
     hashes_of_gray,
+    layout_of_gray,
     perceptual_hashes,
     phash,
     phash_of_gray,
@@ -117,6 +120,12 @@ def test_companions_drop_repeats_of_the_phash():
     assert len(set(hashes.companions)) == len(hashes.companions) and hashes.all[0] == hashes.phash
 
 
+def test_each_hash_comes_with_the_layout_of_its_region():
+    gray = scene(seed=5).convert("L")
+    hashes = hashes_of_gray(gray)
+    assert len(hashes.layouts) == len(hashes.all) and hashes.layouts[0] == layout_of_gray(gray)
+
+
 def closest(a: bytes, b: bytes) -> int:
     return min(hamming(x, y) for x in perceptual_hashes(a).all for y in perceptual_hashes(b).all)
 
@@ -161,3 +170,42 @@ def test_hash_command_prints_the_exclude_hashes_format(tmp_path, capsys):
     assert status == 1 and "notes.txt" in err
     assert out == f"{str(imagehash.phash(scene(seed=9)))}  {image}\n"
     assert [entry.label for entry in parse_hash_lines(out.splitlines())] == [str(image)]
+
+
+def panel_letter(image: Image.Image, share: float = 0.10) -> Image.Image:
+    labelled = image.convert("RGB")
+    side = round(min(image.size) * share)
+    draw = ImageDraw.Draw(labelled)
+    draw.rectangle((0, 0, side, side), fill="white")
+    draw.text((side / 2, side / 2), "B", fill="black", anchor="mm")
+    return labelled
+
+
+def test_a_label_free_band_catches_a_panel_letter_on_a_dark_margin():
+    """The white box on a black margin defeats the trim and every window; the bands leave it out."""
+    figure = Image.new("RGB", (300, 300), "black")
+    oval = Image.new("L", (220, 260), 0)
+    ImageDraw.Draw(oval).ellipse((0, 0, 219, 259), fill=255)
+    figure.paste(scene(220, 260, seed=3), (40, 20), oval)
+    original, labelled = perceptual_hashes(encode(figure)), perceptual_hashes(encode(panel_letter(figure)))
+    gray = figure.convert("L")
+    bands = {phash_of_gray(gray.crop(band.box(*gray.size))) for band in LABEL_FREE_BANDS}
+    without_bands = [h for h in original.all if h not in bands]
+    assert min(hamming(a, b) for a in without_bands for b in labelled.all) > DEFAULT_HAMMING
+    assert min(hamming(a, b) for a in original.all for b in labelled.all) <= DEFAULT_HAMMING
+
+
+def two_panel(left: int, right: int) -> Image.Image:
+    figure = Image.new("RGB", (512, 256), "white")
+    figure.paste(scene(256, 256, seed=left), (0, 0))
+    figure.paste(scene(256, 256, seed=right), (256, 0))
+    return figure
+
+
+def test_layouts_tell_apart_most_figures_that_share_a_panel_and_keep_copies():
+    figures = [two_panel(1, right) for right in range(2, 12)]
+    layouts = [perceptual_hashes(encode(figure)).layouts[0] for figure in figures]
+    copies = [perceptual_hashes(encode(figure.convert("RGB"), "JPEG", quality=70)).layouts[0] for figure in figures]
+    assert all(hamming(a, b) <= LAYOUT_HAMMING for a, b in zip(layouts, copies))
+    apart = [hamming(a, b) > LAYOUT_HAMMING for a, b in itertools.combinations(layouts, 2)]
+    assert sum(apart) >= 0.8 * len(apart)  # half of the figure differs: ~16 of the 64 bits on average

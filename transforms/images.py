@@ -159,4 +159,5 @@ class ProcessImageFn(RecordFn):
             original_height=image.original_height,
             phash=to_hex(hashes.phash),
             phashes=tuple(map(to_hex, hashes.companions)),
+            phash_layouts=tuple(map(to_hex, hashes.layouts)),
         )

@@ -10,10 +10,12 @@ level down), so the work stays near-linear; a part that does not shrink (thousan
 mutually close hashes: near-blank figures) is compared only within sorted chunks of HOT_CHUNK and
 counted, so one key cannot stall a worker (pairs across chunks of such a cluster may be missed).
 
-A pair shared by several blocks is reported only by the first block the two hashes agree on, so
-each pair is found once however many buckets hold it. Pairs become a graph whose connected
-components are the duplicate groups; each group keeps its best record by `survivor_rank`, and every
-other member names that record, whatever path linked it.
+A pair within the threshold is then verified by the two regions' layout hashes (transforms/phash.py):
+it links only when they are within LAYOUT_HAMMING too. A pair shared by several blocks is reported
+only by the first block the two hashes agree on, so each pair is found once however many buckets
+hold it. Pairs become a graph whose connected components are the duplicate groups; each group keeps
+its best record by `survivor_rank`, and every other member names that record, whatever path linked
+it.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from transforms.licenses import COMMERCIAL_USE
 from transforms.phash import HASH_BITS, from_hex, hamming, to_hex
 
 DEFAULT_HAMMING = 4  # set by benchmarks/eval_dedup.py; see docs/dedup.md
+LAYOUT_HAMMING = 10  # the layout check on a matched pair: see docs/dedup.md (benchmarks/eval_dedup.py)
 MAX_HAMMING = 12  # 13 blocks of ~5 bits: wider searches leave each bucket a large share of all hashes
 KEY_BITS = 10  # leading bits of a block in its key: (threshold + 1) * 1024 buckets at most
 LEAF_SIZE = 256  # compare all pairs at or below this many distinct hashes
@@ -102,6 +105,7 @@ def first_shared_block(a: np.ndarray, b: np.ndarray, threshold: int) -> np.ndarr
 class SearchStats:
     compared: int = 0  # hash pairs whose distance was computed
     hot_buckets: int = 0  # buckets compared in chunks only (pairs across chunks not searched)
+    layout_rejected: int = 0  # hash pairs within the threshold whose layouts disagree
 
 
 _NO_PAIRS = np.empty((0, 2), dtype=np.int64)
@@ -150,7 +154,8 @@ def _unique_pairs(pairs: np.ndarray) -> np.ndarray:
 
 
 def _distinct_pairs(values: np.ndarray, threshold: int, free_mask: int, depth: int, stats: SearchStats) -> np.ndarray:
-    """Index pairs of distinct `values` within `threshold` on the free bits (the others are equal).
+    """Index pairs of `values` within `threshold` on the free bits (the others are equal); values are
+    distinct, or repeated only with different layouts.
 
     Split on `threshold + 1` sub-blocks of the free bits: small runs of equal sub-block are compared
     at once, larger ones split again; a run holding most of the group (a dense cluster, which no
@@ -178,37 +183,80 @@ def _distinct_pairs(values: np.ndarray, threshold: int, free_mask: int, depth: i
     return _unique_pairs(np.concatenate(found))  # a pair agreeing on several sub-blocks is found again
 
 
+def _first_occurrences(hashes: np.ndarray, layouts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique's (index, inverse) over (hash, layout) pairs: the first index of each distinct pair
+    and, per element, the number of its pair (a lexsort: unique with axis=0 is several times slower)."""
+    order = np.lexsort((hashes,) if layouts is None else (layouts, hashes))
+    keys = [hashes[order]] if layouts is None else [hashes[order], layouts[order]]
+    new = np.r_[True, np.any([key[1:] != key[:-1] for key in keys], axis=0)] if len(order) else np.empty(0, bool)
+    starts = np.flatnonzero(new)
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return order[starts], inverse
+
+
 def near_pairs(
-    hashes: np.ndarray, threshold: int, free_mask: int = _ALL_BITS, stats: SearchStats | None = None
+    hashes: np.ndarray,
+    threshold: int,
+    free_mask: int = _ALL_BITS,
+    stats: SearchStats | None = None,
+    layouts: np.ndarray | None = None,
 ) -> np.ndarray:
     """(k, 2) index pairs (i < j) of `hashes` (uint64) within `threshold` bits of each other; bits
     outside `free_mask` are known to be equal (the bucket's own block).
 
     Identical hashes are linked to their first occurrence (a star, not all pairs), so a bucket of
-    identical blank-figure hashes costs linear time.
+    identical blank-figure hashes costs linear time. Given `layouts` (one per hash), hashes are
+    identical only when their layouts are too, so that every layout of a hash gets compared.
     """
     stats = stats if stats is not None else SearchStats()
-    distinct, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    first, inverse = _first_occurrences(hashes, layouts)
     repeated = np.flatnonzero(first[inverse] != np.arange(len(hashes)))
     identical = np.stack([first[inverse[repeated]], repeated], axis=1)
-    close = np.sort(first[_distinct_pairs(distinct, threshold, free_mask, 0, stats)], axis=1)
+    close = np.sort(first[_distinct_pairs(hashes[first], threshold, free_mask, 0, stats)], axis=1)
     return np.concatenate([identical, close]).astype(np.int64)
 
 
+@dataclasses.dataclass(frozen=True)
+class Layouts:
+    """The layout hash that goes with each hash of a bucket; `known[i]` is False for a record hashed
+    without layouts, whose pairs are then linked on the pHash alone."""
+
+    values: np.ndarray  # uint64
+    known: np.ndarray  # bool
+    limit: int = LAYOUT_HAMMING
+
+    def agree(self, pairs: np.ndarray) -> np.ndarray:
+        i, j = pairs[:, 0], pairs[:, 1]
+        close = np.bitwise_count(self.values[i] ^ self.values[j]) <= self.limit
+        return close | ~(self.known[i] & self.known[j])
+
+
 def bucket_links(
-    key: int, hashes: np.ndarray, owners: np.ndarray, threshold: int, stats: SearchStats | None = None
+    key: int,
+    hashes: np.ndarray,
+    owners: np.ndarray,
+    threshold: int,
+    stats: SearchStats | None = None,
+    layouts: Layouts | None = None,
 ) -> np.ndarray:
     """Owner pairs (a < b) linked within one bucket of block key `key`.
 
     `owners[i]` numbers the record that hash i belongs to (a record has several hashes). A pair is
     kept only when this bucket's block is the first block its two hashes share, so no pair is
-    reported by two buckets.
+    reported by two buckets, and, given `layouts`, when the layouts of its two hashes agree.
     """
     if len(hashes) < 2:
         return _NO_PAIRS
+    stats = stats if stats is not None else SearchStats()
     block = key_block(key)
-    pairs = near_pairs(hashes, threshold, _ALL_BITS & ~key_masks(threshold)[block], stats)
+    free_mask = _ALL_BITS & ~key_masks(threshold)[block]
+    pairs = near_pairs(hashes, threshold, free_mask, stats, None if layouts is None else layouts.values)
     pairs = pairs[first_shared_block(hashes[pairs[:, 0]], hashes[pairs[:, 1]], threshold) == block]
+    if layouts is not None:
+        agree = layouts.agree(pairs)
+        stats.layout_rejected += int((~agree).sum())
+        pairs = pairs[agree]
     linked = owners[pairs]
     return _unique_pairs(linked[linked[:, 0] != linked[:, 1]])
 

@@ -20,6 +20,7 @@ from transforms.base import RECORDS, ROWS, RecordFn, counter, split_outputs
 from transforms.neardup import (
     DuplicateGroups,
     ExcludedHashIndex,
+    Layouts,
     SearchStats,
     block_keys,
     bucket_links,
@@ -35,13 +36,17 @@ BATCH = 50_000  # records cut into block keys together: fewer, fuller parts per 
 class HashedItem:
     rank: tuple  # survivor_rank of the record; its last element is the id
     hashes: tuple[int, ...]
+    layouts: tuple[int, ...]  # one per hash, or empty for a record hashed without layouts
 
 
 @dataclasses.dataclass(frozen=True)
 class BucketPart:
-    """The hashes one batch sends to one block key, with the rank of the record each belongs to."""
+    """The hashes one batch sends to one block key, with their layouts and the rank of the record
+    each belongs to."""
 
     values: np.ndarray  # uint64
+    layouts: np.ndarray  # uint64, one per value
+    known: np.ndarray  # bool: the value's record has layouts
     ranks: tuple  # one per value
 
 
@@ -50,13 +55,22 @@ def record_hashes(record: Record) -> tuple[int, ...]:
     return tuple(from_hex(h) for h in (record.phash, *record.phashes) if h)
 
 
+def record_layouts(record: Record) -> tuple[int, ...]:
+    """The layout hash of each of `record_hashes`, or () when the record has none for them."""
+    layouts = tuple(from_hex(h) for h in record.phash_layouts)
+    return layouts if len(layouts) == len(record_hashes(record)) else ()
+
+
 def hashed_item(record: Record) -> HashedItem:
-    return HashedItem(survivor_rank(record), record_hashes(record))
+    return HashedItem(survivor_rank(record), record_hashes(record), record_layouts(record))
 
 
 def bucket_parts(items: list[HashedItem], threshold: int) -> Iterator[tuple[int, BucketPart]]:
     """(block key, part) for each block key the batch's hashes fall in."""
     values = np.array([h for item in items for h in item.hashes], dtype=np.uint64)
+    layouts = np.array([layout for item in items for layout in item.layouts or [0] * len(item.hashes)],
+                       dtype=np.uint64)
+    known = np.array([bool(item.layouts) for item in items for _ in item.hashes], dtype=bool)
     ranks = [item.rank for item in items for _ in item.hashes]
     if not len(values):
         return
@@ -64,7 +78,8 @@ def bucket_parts(items: list[HashedItem], threshold: int) -> Iterator[tuple[int,
         order = np.argsort(column, kind="stable")
         starts = np.flatnonzero(np.r_[True, column[order][1:] != column[order][:-1]])
         for run in np.split(order, starts[1:]):
-            yield int(column[run[0]]), BucketPart(values[run], tuple(ranks[i] for i in run))
+            part = BucketPart(values[run], layouts[run], known[run], tuple(ranks[i] for i in run))
+            yield int(column[run[0]]), part
 
 
 class LinkBucketFn(beam.DoFn):
@@ -75,6 +90,7 @@ class LinkBucketFn(beam.DoFn):
         self.threshold = threshold
         self.compared = counter("dedup.near.pairs_compared")
         self.hot = counter("dedup.near.hot_buckets")
+        self.layout_rejected = counter("dedup.near.layout_rejected")
         self.links = counter("dedup.near.links")
 
     def process(self, element) -> Iterator[tuple[tuple, tuple]]:
@@ -84,9 +100,13 @@ class LinkBucketFn(beam.DoFn):
         owner_of: dict[str, int] = {}
         owners = np.array([owner_of.setdefault(rank_id(rank), len(owner_of)) for rank in ranks], dtype=np.int64)
         stats = SearchStats()
-        links = bucket_links(key, np.concatenate([part.values for part in parts]), owners, self.threshold, stats)
+        values = np.concatenate([part.values for part in parts])
+        layouts = Layouts(np.concatenate([part.layouts for part in parts]),
+                          np.concatenate([part.known for part in parts]))
+        links = bucket_links(key, values, owners, self.threshold, stats, layouts)
         self.compared.inc(stats.compared)
         self.hot.inc(stats.hot_buckets)
+        self.layout_rejected.inc(stats.layout_rejected)
         self.links.inc(len(links))
         first_rank = {owner: rank for rank, owner in zip(ranks, owners.tolist())}
         for a, b in links.tolist():

@@ -9,9 +9,16 @@ before the Lanczos step, and the DCT is two small matrix products restricted to 
 
 A plain pHash does not survive re-crops or a pasted panel letter (docs/dedup.md has the numbers), so
 an image also gets companion hashes, same definition, of: the image with uniform borders trimmed, a
-centred inner window and four corner windows. A copy cropped by a few percent lines up with one of
-the original's windows; near dedup matches two images when any hash of one is close to any of the
-other's.
+centred inner window and four corner windows of it, and two bands of the whole image that leave out
+its top or bottom strip (where panel letters sit). A copy cropped by a few percent lines up with one
+of the original's windows; near dedup matches two images when any hash of one is close to any of
+the other's.
+
+Every hash comes with a *layout* hash of the same region: the same median rule applied to each
+quarter of the thumbnail on its own (4x4 low band per quarter, 64 bits). It says where the
+low-frequency structure sits, which a whole-region pHash blurs: two-panel figures sharing one panel
+can have close pHashes, but the quarters of the other panel differ. Near dedup uses it to verify a
+pair the pHashes matched.
 """
 from __future__ import annotations
 
@@ -33,6 +40,11 @@ WORK_SIDE = 256
 # Rows of the DCT-II basis (scipy's unnormalized type II up to a constant factor, which the median
 # comparison ignores) for the low band only: low = B @ pixels @ B.T.
 _BASIS = np.cos(np.pi * np.arange(_BAND)[:, None] * (2 * np.arange(_THUMB)[None, :] + 1) / (2 * _THUMB))
+# The same basis over one quarter of the thumbnail, 4 low rows: the layout hash's 16 bits per quarter.
+_QUARTER = _THUMB // 2
+_QUARTER_BAND = 4
+_QUARTER_BASIS = np.cos(
+    np.pi * np.arange(_QUARTER_BAND)[:, None] * (2 * np.arange(_QUARTER)[None, :] + 1) / (2 * _QUARTER))
 # Coefficients are rounded before the median comparison so that values equal in exact arithmetic
 # (symmetric or blank images) compare equal on every CPU and BLAS: the hash is a stored output.
 _DCT_DECIMALS = 6
@@ -42,6 +54,9 @@ _DCT_DECIMALS = 6
 _BORDER_TOLERANCE = 12
 _BORDER_SHARE = 0.995
 _MIN_CONTENT_SHARE = 0.1  # never trim an image down to less than this share of a side
+# Companions need not match imagehash: their thumbnails are box-reduced to 3x the size before the
+# Lanczos step (Pillow's reducing_gap), a quarter of the cost of a full Lanczos from the work size.
+_COMPANION_REDUCING_GAP = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +87,19 @@ WINDOWS = (
     Window("bottom-left", 0.0, _CORNER_CUT, _CORNER_CUT, 0.0),
     Window("bottom-right", _CORNER_CUT, _CORNER_CUT, 0.0, 0.0),
 )
+# Cut from the untrimmed image: a panel letter pasted on a black margin also changes the trim.
+_LABEL_STRIP = 0.15
+LABEL_FREE_BANDS = (
+    Window("below-top-strip", 0.0, _LABEL_STRIP, 0.0, 0.0),
+    Window("above-bottom-strip", 0.0, 0.0, 0.0, _LABEL_STRIP),
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class PerceptualHashes:
     phash: int  # imagehash's pHash of the whole image
-    companions: tuple[int, ...]  # trimmed whole image and windows, duplicates of `phash` removed
+    companions: tuple[int, ...]  # trimmed whole image, windows and bands; repeated hashes removed
+    layouts: tuple[int, ...]  # the layout hash of each region in `all`, in the same order
 
     @property
     def all(self) -> tuple[int, ...]:
@@ -99,12 +121,36 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
+def _thumbnail(gray: Image.Image, reducing_gap: float | None = None) -> np.ndarray:
+    thumb = gray.resize((_THUMB, _THUMB), Image.Resampling.LANCZOS, reducing_gap=reducing_gap)
+    return np.asarray(thumb, dtype=np.float64)
+
+
+def _above_median(bands: np.ndarray) -> int:
+    """One bit per coefficient, row by row, set when above its band's median (bands: (..., k, k))."""
+    low = np.round(bands, _DCT_DECIMALS).reshape(-1, bands.shape[-2] * bands.shape[-1])
+    bits = low > np.median(low, axis=1, keepdims=True)
+    return int.from_bytes(np.packbits(bits.reshape(-1)).tobytes(), "big")
+
+
+def _phash_of_thumbnail(thumb: np.ndarray) -> int:
+    return _above_median(_BASIS @ thumb @ _BASIS.T)
+
+
+def _layout_of_thumbnail(thumb: np.ndarray) -> int:
+    """Quarters top-left, top-right, bottom-left, bottom-right, 16 bits each."""
+    quarters = thumb.reshape(2, _QUARTER, 2, _QUARTER).transpose(0, 2, 1, 3)
+    return _above_median(_QUARTER_BASIS @ quarters @ _QUARTER_BASIS.T)
+
+
 def phash_of_gray(gray: Image.Image) -> int:
     """imagehash.phash of an 8-bit grayscale image."""
-    thumb = gray.resize((_THUMB, _THUMB), Image.Resampling.LANCZOS)
-    low = np.round(_BASIS @ np.asarray(thumb, dtype=np.float64) @ _BASIS.T, _DCT_DECIMALS)
-    bits = (low > np.median(low)).reshape(-1)
-    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+    return _phash_of_thumbnail(_thumbnail(gray))
+
+
+def layout_of_gray(gray: Image.Image) -> int:
+    """The layout hash of an 8-bit grayscale image: a pHash of each quarter of its thumbnail."""
+    return _layout_of_thumbnail(_thumbnail(gray))
 
 
 def _to_gray(image: Image.Image) -> Image.Image:
@@ -151,11 +197,16 @@ def trim_uniform_border(gray: Image.Image) -> Image.Image:
 
 
 def hashes_of_gray(gray: Image.Image) -> PerceptualHashes:
-    whole = phash_of_gray(gray)
     trimmed = trim_uniform_border(gray)
-    companions = [phash_of_gray(trimmed)]
-    companions += [phash_of_gray(trimmed.crop(window.box(*trimmed.size))) for window in WINDOWS]
-    return PerceptualHashes(whole, tuple(dict.fromkeys(h for h in companions if h != whole)))
+    regions = [trimmed] if trimmed is not gray else []
+    regions += [trimmed.crop(window.box(*trimmed.size)) for window in WINDOWS]
+    regions += [gray.crop(band.box(*gray.size)) for band in LABEL_FREE_BANDS]
+    thumbs = [_thumbnail(gray)] + [_thumbnail(region, _COMPANION_REDUCING_GAP) for region in regions]
+    layout_of: dict[int, int] = {}  # pHash -> layout of the first region with it
+    for thumb in thumbs:
+        layout_of.setdefault(_phash_of_thumbnail(thumb), _layout_of_thumbnail(thumb))
+    whole, *companions = layout_of
+    return PerceptualHashes(whole, tuple(companions), tuple(layout_of.values()))
 
 
 def perceptual_hashes(data: bytes) -> PerceptualHashes:
