@@ -120,37 +120,26 @@ def make_pipeline(beam_args: list[str]):
 
 
 def summarize(output: str) -> str:
+    """Counts by status and reason, shards, the run facts (TM hits, LLM cost), and where it all is."""
     from apache_beam.io.filesystems import FileSystems
 
     from schemas import release
 
-    with FileSystems.open(FileSystems.join(output, release.MANIFEST)) as handle:
-        manifest = json.loads(handle.read())
+    def read_json(relative: str) -> dict:
+        with FileSystems.open(FileSystems.join(output, relative)) as handle:
+            return json.loads(handle.read())
+
+    manifest = read_json(release.MANIFEST)
+    run_facts = read_json(f"{release.REPORT_DIR}/stats.json").get("run", {})
     counts = manifest[release.M_COUNTS]
     lines = [
         f"input records: {counts['input_records']}  " + "  ".join(f"{k}: {v}" for k, v in counts["status"].items()),
         *[f"  {reason}: {n}" for reason, n in counts["reason"].items()],
         f"shards: {len(manifest[release.M_SHARDS])}  samples: {sum(s['samples'] for s in manifest[release.M_SHARDS])}",
-        f"output: {output}",
+        *([" ".join(f"{name}: {value}" for name, value in run_facts.items())] if run_facts else []),
+        f"output: {output}  (report: {FileSystems.join(output, release.REPORT_DIR, 'index.html')})",
     ]
     return "\n".join(lines)
-
-
-def summarize_llm(result) -> str:
-    """Translation-memory and LLM counters (cost, retries, dry-run estimate), summed over steps.
-
-    Printed, not written to the release: a rerun costs less, and the release must not differ.
-    """
-    from apache_beam.metrics.metric import MetricsFilter
-
-    from transforms.base import METRICS_NAMESPACE
-
-    totals: dict[str, int] = {}
-    for counter in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
-        name = counter.key.metric.name
-        if name.startswith(("llm.", "translate.", "qa.")):
-            totals[name] = totals.get(name, 0) + counter.committed
-    return "  ".join(f"{name}: {value}" for name, value in sorted(totals.items()))
 
 
 def run(config: RunConfig, beam_args: list[str]):
@@ -180,7 +169,4 @@ def main(args: argparse.Namespace, beam_args: list[str]) -> int:
         print(f"pipeline ended in state {result.state}; output: {config.output}")
         return 1
     print(summarize(config.output))
-    llm_summary = summarize_llm(result)
-    if llm_summary:
-        print(llm_summary)
     return 0
