@@ -14,12 +14,12 @@ import hashlib
 import io
 import warnings
 
-import numpy as np
 from PIL import Image, ImageOps
 
 from schemas import IndexRow, Reason, Record, Stage
 from transforms.base import RecordFn
 from transforms.phash import perceptual_hashes, to_hex
+from transforms.pixels import to_8bit
 
 # Decompression bombs are refused from the header by our own cap (`ImageLimits.max_pixels`), before
 # decoding; Pillow's global check is off so that it cannot raise from inside open() instead.
@@ -56,19 +56,6 @@ class ImageRejected(Exception):
         self.detail = detail
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # medical 16-bit / float: scale to 8 bit
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
-        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 def encode(image: Image.Image, image_format: str) -> bytes:
     """Deterministic encoding: fixed settings, no timestamps, no metadata carried over."""
     buffer = io.BytesIO()
@@ -103,7 +90,7 @@ def normalize_image(data: bytes, limits: ImageLimits) -> NormalizedImage:
             if image.format == "JPEG":  # decode at reduced scale when the target is much smaller
                 image.draft("RGB", (limits.max_side, limits.max_side))
             image.load()
-            rgb = _to_rgb(ImageOps.exif_transpose(image))
+            rgb = to_8bit(ImageOps.exif_transpose(image), "RGB")
     except Exception as error:
         raise ImageRejected(Reason.UNDECODABLE_IMAGE, f"decode failed: {type(error).__name__}: {error}"[:200]) from None
     if max(rgb.size) > limits.max_side:

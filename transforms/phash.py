@@ -29,6 +29,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from transforms.pixels import to_8bit
+
 HASH_BITS = 64
 HEX_DIGITS = HASH_BITS // 4
 _BAND = 8  # imagehash hash_size
@@ -153,19 +155,6 @@ def layout_of_gray(gray: Image.Image) -> int:
     return _layout_of_thumbnail(_thumbnail(gray))
 
 
-def _to_gray(image: Image.Image) -> Image.Image:
-    """8-bit luma of any Pillow mode: 16-bit / float scaled to its range, transparency on white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
-        return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("L")
-    return image.convert("L")
-
-
 def decode_gray(data: bytes, work_side: int = WORK_SIDE) -> Image.Image:
     """The image as displayed (EXIF orientation applied), in luma, reduced to about `work_side`.
 
@@ -175,7 +164,7 @@ def decode_gray(data: bytes, work_side: int = WORK_SIDE) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         image.draft("L", (work_side, work_side))  # JPEG: reduced-scale luma decode; others: no-op
-        gray = _to_gray(ImageOps.exif_transpose(image))
+        gray = to_8bit(ImageOps.exif_transpose(image), "L")
     factor = min(gray.size) // work_side
     return gray.reduce(factor) if factor >= 2 else gray
 
