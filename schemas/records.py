@@ -86,7 +86,8 @@ class Record:
     conversations_lang: str = _internal()  # language of `conversations` as ingested
     image_bytes: bytes = _internal(b"")  # raw input bytes, then the normalized shard image
     phashes: tuple = _internal(())  # companion perceptual hashes (16-hex) near dedup matches besides `phash`
-    phash_layouts: tuple = _internal(())  # layout hash (16-hex) of each of (phash, *phashes): verifies a match
+    phashes_windowed: tuple = _internal(())  # Hann-windowed perceptual hashes (16-hex), a hash space of their own
+    phash_layouts: tuple = _internal(())  # layout hash (16-hex) of each of (phash, *phashes, *phashes_windowed)
 
     def __post_init__(self) -> None:
         if not self.key:

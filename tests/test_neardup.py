@@ -101,6 +101,13 @@ def test_a_hot_bucket_is_compared_in_bounded_chunks():
     assert len(components(len(dense), pairs)) == 1  # still one group
 
 
+def test_hashes_of_different_kinds_never_share_a_bucket():
+    hashes = np.array([0x0F0F_3C3C_A5A5_5A5A] * 2, dtype=np.uint64)
+    keys = block_keys(hashes, 3, np.array([0, 1]))
+    assert not set(keys[0]) & set(keys[1])
+    assert (block_keys(hashes, 3, np.array([0, 0]))[0] == block_keys(hashes[:1], 3)[0]).all()
+
+
 def test_each_pair_is_reported_by_one_bucket_only():
     rng = np.random.default_rng(11)
     hashes = random_hashes(rng, 400)
@@ -146,6 +153,9 @@ def test_identical_hashes_with_other_layouts_are_each_compared():
 def test_record_layouts_go_with_its_hashes_or_are_absent():
     hashed = dataclasses.replace(record("r", 0x1234, companions=[0x5678]), phash_layouts=("00000000000000ff", "000000000000000f"))
     assert record_layouts(hashed) == (0xFF, 0x0F)
+    windowed = dataclasses.replace(hashed, phashes_windowed=("0000000000009abc",),
+                                   phash_layouts=(*hashed.phash_layouts, "0000000000000001"))
+    assert record_layouts(windowed) == (0xFF, 0x0F, 0x01)
     assert record_layouts(dataclasses.replace(hashed, phash_layouts=("00000000000000ff",))) == ()
 
 
@@ -187,8 +197,9 @@ def test_exclusion_list_parsing_and_matching():
         parse_hash_lines(["ffff000000000000  a.png", "not-a-hash  b.png"])
 
 
-def record(record_id: str, value: int, side: int = 100, license: str = CC_BY, companions=()) -> Record:
+def record(record_id: str, value: int, side: int = 100, license: str = CC_BY, companions=(), windowed=()) -> Record:
     return Record(id=record_id, phash=to_hex(value), phashes=tuple(to_hex(c) for c in companions),
+                  phashes_windowed=tuple(to_hex(w) for w in windowed),
                   original_width=side, original_height=side, source=Source(license=license))
 
 
@@ -202,6 +213,11 @@ def test_near_dedup_on_beam_marks_duplicates_of_the_final_survivor():
         record("other", other, side=200),
         record("alone", 0xFFFF_FFFF_0000_0000),
         Record(id="no-image"),
+        # windowed hashes link their own kind only: texture-b is near texture-a by a windowed hash;
+        # cross-kind's windowed hash equals other's plain pHash, which is no match
+        record("texture-a", 0x00FF_00FF_00FF_00FF, side=300, windowed=[0x5555_AAAA_5555_AAAA]),
+        record("texture-b", 0xFF00_FF00_FF00_FF00, windowed=[0x5555_AAAA_5555_AAAB]),
+        record("cross-kind", 0x3333_3333_CCCC_CCCC, windowed=[other]),
     ]
     with beam.Pipeline(runner=FnApiRunner()) as pipeline:
         result = pipeline | beam.Create(records) | NearDeduplicate(4)
@@ -209,9 +225,9 @@ def test_near_dedup_on_beam_marks_duplicates_of_the_final_survivor():
         rows = result.rows | "Rows" >> beam.Map(
             lambda row: (row.id, row.status, row.stage, row.reason, row.duplicate_of))
         near = (Status.DUPLICATE.value, Stage.DEDUP.value, Reason.NEAR_DUPLICATE.value)
-        assert_that(kept, equal_to(["large", "other", "alone", "no-image"]), label="kept")
+        assert_that(kept, equal_to(["large", "other", "alone", "no-image", "texture-a", "cross-kind"]), label="kept")
         assert_that(rows, equal_to([("small", *near, "large"), ("noncommercial", *near, "large"),
-                                    ("crop", *near, "other")]), label="rows")
+                                    ("crop", *near, "other"), ("texture-b", *near, "texture-a")]), label="rows")
 
 
 def test_exclusion_rejects_records_near_a_listed_hash():
@@ -221,6 +237,8 @@ def test_exclusion_rejects_records_near_a_listed_hash():
     assert (row.status, row.stage, row.reason) == (Status.REJECTED.value, Stage.DEDUP.value, Reason.EXCLUDED_HASH.value)
     assert row.detail == "1 bits from excluded 0f0f3c3ca5a55a5a eval/x.png"
     assert list(ExcludeHashesFn(index).process(record("clean", 0x1234))) == [record("clean", 0x1234)]
+    windowed_only = record("windowed-only", 0x1234, windowed=[0x0F0F_3C3C_A5A5_5A5A])  # another hash space
+    assert list(ExcludeHashesFn(index).process(windowed_only)) == [windowed_only]
 
 
 def test_dedup_stage_excludes_then_repoints_exact_duplicates_to_the_final_survivor():

@@ -146,5 +146,6 @@ class ProcessImageFn(RecordFn):
             original_height=image.original_height,
             phash=to_hex(hashes.phash),
             phashes=tuple(map(to_hex, hashes.companions)),
+            phashes_windowed=tuple(map(to_hex, hashes.windowed)),
             phash_layouts=tuple(map(to_hex, hashes.layouts)),
         )

@@ -30,8 +30,8 @@ from schemas import Record
 from transforms.licenses import COMMERCIAL_USE
 from transforms.phash import HASH_BITS, from_hex, hamming, to_hex
 
-DEFAULT_HAMMING = 4  # set by benchmarks/eval_dedup.py; see docs/dedup.md
-LAYOUT_HAMMING = 10  # the layout check on a matched pair: see docs/dedup.md (benchmarks/eval_dedup.py)
+DEFAULT_HAMMING = 3  # set by benchmarks/eval_dedup.py; see docs/dedup.md
+LAYOUT_HAMMING = 8  # the layout check on a matched pair: see docs/dedup.md (benchmarks/eval_dedup.py)
 MAX_HAMMING = 12  # 13 blocks of ~5 bits: wider searches leave each bucket a large share of all hashes
 KEY_BITS = 10  # leading bits of a block in its key: (threshold + 1) * 1024 buckets at most
 LEAF_SIZE = 256  # compare all pairs at or below this many distinct hashes
@@ -77,18 +77,23 @@ def key_masks(threshold: int) -> tuple[int, ...]:
     return tuple(masks)
 
 
-def block_keys(hashes: np.ndarray, threshold: int) -> np.ndarray:
-    """(n, blocks) block keys: the block index in the high 32 bits, the block's key bits below."""
+_KIND_SHIFT = 40
+
+
+def block_keys(hashes: np.ndarray, threshold: int, kinds: np.ndarray | None = None) -> np.ndarray:
+    """(n, blocks) block keys: the hash kind (transforms/phash.py) above bit 40, the block index in
+    bits 32-39, the block's key bits below; hashes of different kinds never share a bucket."""
+    kind_bits = 0 if kinds is None else np.asarray(kinds, dtype=np.int64) << _KIND_SHIFT
     keys = []
     for index, mask in enumerate(key_masks(threshold)):
         shift = (mask & -mask).bit_length() - 1
         values = (hashes & np.uint64(mask)) >> np.uint64(shift)
-        keys.append(values.astype(np.int64) | (index << 32))
+        keys.append(values.astype(np.int64) | (index << 32) | kind_bits)
     return np.stack(keys, axis=1)
 
 
 def key_block(key: int) -> int:
-    return key >> 32
+    return (key >> 32) & ((1 << (_KIND_SHIFT - 32)) - 1)
 
 
 def first_shared_block(a: np.ndarray, b: np.ndarray, threshold: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from transforms.neardup import (
     rank_id,
     survivor_rank,
 )
-from transforms.phash import from_hex, to_hex
+from transforms.phash import PLAIN, WINDOWED, from_hex, to_hex
 
 BATCH = 50_000  # records cut into block keys together: fewer, fuller parts per key; bounds batch memory
 
@@ -36,6 +36,7 @@ BATCH = 50_000  # records cut into block keys together: fewer, fuller parts per 
 class HashedItem:
     rank: tuple  # survivor_rank of the record; its last element is the id
     hashes: tuple[int, ...]
+    kinds: tuple[int, ...]  # the kind of each hash (transforms/phash.py PLAIN / WINDOWED)
     layouts: tuple[int, ...]  # one per hash, or empty for a record hashed without layouts
 
 
@@ -51,18 +52,26 @@ class BucketPart:
 
 
 def record_hashes(record: Record) -> tuple[int, ...]:
-    """Every perceptual hash of a record: the pHash, then its companions (empty without an image)."""
+    """A record's plain hashes, imagehash's kind: the pHash, then its companions (empty without an
+    image). The exclusion list, made of imagehash pHashes, is compared with these only."""
     return tuple(from_hex(h) for h in (record.phash, *record.phashes) if h)
 
 
+def record_windowed_hashes(record: Record) -> tuple[int, ...]:
+    return tuple(from_hex(h) for h in record.phashes_windowed)
+
+
 def record_layouts(record: Record) -> tuple[int, ...]:
-    """The layout hash of each of `record_hashes`, or () when the record has none for them."""
+    """The layout hash of each plain then windowed hash, or () when the record has none for them."""
     layouts = tuple(from_hex(h) for h in record.phash_layouts)
-    return layouts if len(layouts) == len(record_hashes(record)) else ()
+    expected = len(record_hashes(record)) + len(record.phashes_windowed)
+    return layouts if len(layouts) == expected else ()
 
 
 def hashed_item(record: Record) -> HashedItem:
-    return HashedItem(survivor_rank(record), record_hashes(record), record_layouts(record))
+    plain, windowed = record_hashes(record), record_windowed_hashes(record)
+    kinds = (PLAIN,) * len(plain) + (WINDOWED,) * len(windowed)
+    return HashedItem(survivor_rank(record), plain + windowed, kinds, record_layouts(record))
 
 
 def bucket_parts(items: list[HashedItem], threshold: int) -> Iterator[tuple[int, BucketPart]]:
@@ -71,10 +80,11 @@ def bucket_parts(items: list[HashedItem], threshold: int) -> Iterator[tuple[int,
     layouts = np.array([layout for item in items for layout in item.layouts or [0] * len(item.hashes)],
                        dtype=np.uint64)
     known = np.array([bool(item.layouts) for item in items for _ in item.hashes], dtype=bool)
+    kinds = np.array([kind for item in items for kind in item.kinds], dtype=np.int64)
     ranks = [item.rank for item in items for _ in item.hashes]
     if not len(values):
         return
-    for column in block_keys(values, threshold).T:
+    for column in block_keys(values, threshold, kinds).T:
         order = np.argsort(column, kind="stable")
         starts = np.flatnonzero(np.r_[True, column[order][1:] != column[order][:-1]])
         for run in np.split(order, starts[1:]):

@@ -14,6 +14,15 @@ its top or bottom strip (where panel letters sit). A copy cropped by a few perce
 of the original's windows; near dedup matches two images when any hash of one is close to any of
 the other's.
 
+Plain hashes weigh every pixel alike, so a crop that lines up with none of those windows (a periodic
+texture such as histology or a brick wall cut 2% off each side) moves many of their bits. *Windowed*
+hashes (kind WINDOWED) weigh the thumbnail with a Hann window before the DCT, so the picture's
+centre counts and its edges, where crops cut and panel letters sit, hardly do: they survive a change
+of scale of several percent. They are taken of the trimmed image, of a 3x3 grid of windows shifted
+by 2% of a side and of an inner window (a copy cropped by 2-5% on any sides lines up with one of
+them within 1%), and of the label-free bands. The two kinds are separate hash spaces: near dedup
+compares a plain hash only with plain hashes and a windowed one only with windowed ones.
+
 Every hash comes with a *layout* hash of the same region: the same median rule applied to each
 quarter of the thumbnail on its own (4x4 low band per quarter, 64 bits). It says where the
 low-frequency structure sits, which a whole-region pHash blurs: two-panel figures sharing one panel
@@ -23,6 +32,7 @@ pair the pHashes matched.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import warnings
 
@@ -56,8 +66,8 @@ _DCT_DECIMALS = 6
 _BORDER_TOLERANCE = 12
 _BORDER_SHARE = 0.995
 _MIN_CONTENT_SHARE = 0.1  # never trim an image down to less than this share of a side
-# Companions need not match imagehash: their thumbnails are box-reduced to 3x the size before the
-# Lanczos step (Pillow's reducing_gap), a quarter of the cost of a full Lanczos from the work size.
+# Companions need not match imagehash: the square they are cut from is box-reduced to 3x its size
+# before the Lanczos step (Pillow's reducing_gap), a quarter of the cost of a full Lanczos.
 _COMPANION_REDUCING_GAP = 3.0
 
 
@@ -80,6 +90,15 @@ class Window:
         )
 
 
+# Companion regions are cut from the image resized once to this square side (the thumbnail is square
+# anyway), which places the windows within a pixel (2% of 128 is 2.56 pixels) for the price of one
+# resize at the work size.
+_GRID_SIDE = 128
+_SHIFT = 0.02
+_INNER_CUT = 0.05
+_X = (np.arange(_THUMB) + 0.5) / _THUMB
+_HANN = np.outer(np.sin(np.pi * _X) ** 2, np.sin(np.pi * _X) ** 2)
+
 _CORNER_CUT = 0.04
 _CENTRE_CUT = 0.035
 WINDOWS = (
@@ -97,15 +116,31 @@ LABEL_FREE_BANDS = (
 )
 
 
+SHIFTED_WINDOWS = tuple(
+    Window(f"shifted{dx:+d}{dy:+d}", _SHIFT * (1 + dx), _SHIFT * (1 + dy), _SHIFT * (1 - dx), _SHIFT * (1 - dy))
+    for dx in (-1, 0, 1) for dy in (-1, 0, 1)
+) + (Window("inner", _INNER_CUT, _INNER_CUT, _INNER_CUT, _INNER_CUT),)
+
+# Hash kinds: hashes of different kinds are never compared with each other.
+PLAIN = 0
+WINDOWED = 1
+
+
 @dataclasses.dataclass(frozen=True)
 class PerceptualHashes:
     phash: int  # imagehash's pHash of the whole image
-    companions: tuple[int, ...]  # trimmed whole image, windows and bands; repeated hashes removed
+    companions: tuple[int, ...]  # plain hashes of the trimmed image, windows and bands; repeats removed
+    windowed: tuple[int, ...]  # windowed hashes (kind WINDOWED); repeats removed
     layouts: tuple[int, ...]  # the layout hash of each region in `all`, in the same order
 
     @property
     def all(self) -> tuple[int, ...]:
-        return (self.phash, *self.companions)
+        return (self.phash, *self.companions, *self.windowed)
+
+    @property
+    def kinds(self) -> tuple[int, ...]:
+        """The kind of each hash in `all`."""
+        return (PLAIN,) * (1 + len(self.companions)) + (WINDOWED,) * len(self.windowed)
 
 
 def to_hex(value: int) -> str:
@@ -128,31 +163,41 @@ def _thumbnail(gray: Image.Image, reducing_gap: float | None = None) -> np.ndarr
     return np.asarray(thumb, dtype=np.float64)
 
 
-def _above_median(bands: np.ndarray) -> int:
-    """One bit per coefficient, row by row, set when above its band's median (bands: (..., k, k))."""
-    low = np.round(bands, _DCT_DECIMALS).reshape(-1, bands.shape[-2] * bands.shape[-1])
-    bits = low > np.median(low, axis=1, keepdims=True)
-    return int.from_bytes(np.packbits(bits.reshape(-1)).tobytes(), "big")
+def _above_median(bands: np.ndarray) -> list[int]:
+    """(n, ..., k, k) coefficient bands -> n hashes: per item, one bit per coefficient, band by band
+    and row by row, set when above its band's median."""
+    count, side = len(bands), bands.shape[-1]
+    low = np.round(bands, _DCT_DECIMALS).reshape(count, -1, side * side)
+    bits = low > np.median(low, axis=2, keepdims=True)
+    return [int.from_bytes(row.tobytes(), "big") for row in np.packbits(bits.reshape(count, -1), axis=1)]
 
 
-def _phash_of_thumbnail(thumb: np.ndarray) -> int:
-    return _above_median(_BASIS @ thumb @ _BASIS.T)
+def _phashes(thumbs: np.ndarray) -> list[int]:
+    """The pHash of each (32, 32) thumbnail in `thumbs` (n, 32, 32)."""
+    return _above_median(_BASIS @ thumbs @ _BASIS.T)
 
 
-def _layout_of_thumbnail(thumb: np.ndarray) -> int:
-    """Quarters top-left, top-right, bottom-left, bottom-right, 16 bits each."""
-    quarters = thumb.reshape(2, _QUARTER, 2, _QUARTER).transpose(0, 2, 1, 3)
+def _windowed_hashes(thumbs: np.ndarray) -> list[int]:
+    """The pHash rule on each thumbnail's deviation from its mean, weighed by a Hann window (the mean
+    is taken out first, or the window's own spectrum would set every bit alike)."""
+    deviations = thumbs - thumbs.mean(axis=(1, 2), keepdims=True)
+    return _above_median(_BASIS @ (deviations * _HANN) @ _BASIS.T)
+
+
+def _layouts(thumbs: np.ndarray) -> list[int]:
+    """Per thumbnail, quarters top-left, top-right, bottom-left, bottom-right, 16 bits each."""
+    quarters = thumbs.reshape(len(thumbs), 2, _QUARTER, 2, _QUARTER).transpose(0, 1, 3, 2, 4)
     return _above_median(_QUARTER_BASIS @ quarters @ _QUARTER_BASIS.T)
 
 
 def phash_of_gray(gray: Image.Image) -> int:
     """imagehash.phash of an 8-bit grayscale image."""
-    return _phash_of_thumbnail(_thumbnail(gray))
+    return _phashes(_thumbnail(gray)[None])[0]
 
 
 def layout_of_gray(gray: Image.Image) -> int:
     """The layout hash of an 8-bit grayscale image: a pHash of each quarter of its thumbnail."""
-    return _layout_of_thumbnail(_thumbnail(gray))
+    return _layouts(_thumbnail(gray)[None])[0]
 
 
 def decode_gray(data: bytes, work_side: int = WORK_SIDE) -> Image.Image:
@@ -169,8 +214,21 @@ def decode_gray(data: bytes, work_side: int = WORK_SIDE) -> Image.Image:
     return gray.reduce(factor) if factor >= 2 else gray
 
 
+_TRIM_PASSES = 2  # a white page margin around a black-background scan is two margins
+
+
 def trim_uniform_border(gray: Image.Image) -> Image.Image:
-    """The image without the uniform margin around it (white page, black scanner background)."""
+    """The image without the uniform margins around it (white page, black scanner background)."""
+    trimmed = gray
+    for _ in range(_TRIM_PASSES):
+        inner = _trim_once(trimmed)
+        if inner is trimmed:
+            break
+        trimmed = inner
+    return trimmed
+
+
+def _trim_once(gray: Image.Image) -> Image.Image:
     pixels = np.asarray(gray, dtype=np.int16)
     ring = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     near = np.abs(pixels - np.median(ring)) <= _BORDER_TOLERANCE
@@ -185,17 +243,65 @@ def trim_uniform_border(gray: Image.Image) -> Image.Image:
     return gray.crop((int(left), int(top), int(right), int(bottom)))
 
 
+def _distinct(hashes: list[int], layouts: list[int]) -> dict[int, int]:
+    """hash -> layout of the first region with that hash, in region order."""
+    layout_of: dict[int, int] = {}
+    for value, layout in zip(hashes, layouts):
+        layout_of.setdefault(value, layout)
+    return layout_of
+
+
+def _square(gray: Image.Image) -> Image.Image:
+    """The image resized once to a small square that every companion region is cut from."""
+    return gray.resize((_GRID_SIDE, _GRID_SIDE), Image.Resampling.LANCZOS, reducing_gap=_COMPANION_REDUCING_GAP)
+
+
+def _lanczos_rows(start: int, stop: int) -> np.ndarray:
+    """(32, _GRID_SIDE) weights that resample pixels [start, stop) of a line to 32 with an
+    antialiased Lanczos-3 kernel, as Pillow's resize does (in floats, without its 8-bit rounding and
+    clipping)."""
+    scale = (stop - start) / _THUMB
+    support = 3 * max(scale, 1.0)
+    rows = np.zeros((_THUMB, _GRID_SIDE))
+    for out in range(_THUMB):
+        centre = start + (out + 0.5) * scale
+        taps = np.arange(max(start, int(centre - support)), min(stop, int(np.ceil(centre + support))))
+        weights = np.sinc((taps + 0.5 - centre) / max(scale, 1.0))
+        weights *= np.sinc((taps + 0.5 - centre) / max(scale, 1.0) / 3)
+        rows[out, taps] = weights / weights.sum()
+    return rows
+
+
+@functools.lru_cache(maxsize=None)
+def _resamplers(windows: tuple[Window, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per window of the square, the row and column resampling matrices: the window's 32x32
+    thumbnail is rows @ square @ columns.T, so all windows take one batched matrix product."""
+    boxes = [window.box(_GRID_SIDE, _GRID_SIDE) for window in windows]
+    rows = np.stack([_lanczos_rows(top, bottom) for _, top, _, bottom in boxes])
+    columns = np.stack([_lanczos_rows(left, right) for left, _, right, _ in boxes])
+    return rows, columns
+
+
+def _region_thumbnails(square: Image.Image, windows: tuple[Window, ...]) -> np.ndarray:
+    """(len(windows), 32, 32) thumbnails of the windows of a _GRID_SIDE square."""
+    rows, columns = _resamplers(windows)
+    return rows @ np.asarray(square, dtype=np.float64) @ columns.transpose(0, 2, 1)
+
+
+_WHOLE = Window("whole", 0.0, 0.0, 0.0, 0.0)
+
+
 def hashes_of_gray(gray: Image.Image) -> PerceptualHashes:
     trimmed = trim_uniform_border(gray)
-    regions = [trimmed] if trimmed is not gray else []
-    regions += [trimmed.crop(window.box(*trimmed.size)) for window in WINDOWS]
-    regions += [gray.crop(band.box(*gray.size)) for band in LABEL_FREE_BANDS]
-    thumbs = [_thumbnail(gray)] + [_thumbnail(region, _COMPANION_REDUCING_GAP) for region in regions]
-    layout_of: dict[int, int] = {}  # pHash -> layout of the first region with it
-    for thumb in thumbs:
-        layout_of.setdefault(_phash_of_thumbnail(thumb), _layout_of_thumbnail(thumb))
-    whole, *companions = layout_of
-    return PerceptualHashes(whole, tuple(companions), tuple(layout_of.values()))
+    trimmed_thumb, *windows = _region_thumbnails(_square(trimmed), (_WHOLE, *WINDOWS, *SHIFTED_WINDOWS))
+    windows, shifted = windows[:len(WINDOWS)], windows[len(WINDOWS):]
+    bands = list(_region_thumbnails(_square(gray), LABEL_FREE_BANDS))
+    plain_thumbs = np.stack([_thumbnail(gray), *([trimmed_thumb] if trimmed is not gray else []), *windows, *bands])
+    windowed_thumbs = np.stack([trimmed_thumb, *shifted, *bands])
+    plain = _distinct(_phashes(plain_thumbs), _layouts(plain_thumbs))
+    windowed = _distinct(_windowed_hashes(windowed_thumbs), _layouts(windowed_thumbs))
+    whole, *companions = plain
+    return PerceptualHashes(whole, tuple(companions), tuple(windowed), (*plain.values(), *windowed.values()))
 
 
 def perceptual_hashes(data: bytes) -> PerceptualHashes:
