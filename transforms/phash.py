@@ -116,6 +116,7 @@ LABEL_FREE_BANDS = (
 )
 
 
+_WHOLE = Window("whole", 0.0, 0.0, 0.0, 0.0)
 SHIFTED_WINDOWS = tuple(
     Window(f"shifted{dx:+d}{dy:+d}", _SHIFT * (1 + dx), _SHIFT * (1 + dy), _SHIFT * (1 - dx), _SHIFT * (1 - dy))
     for dx in (-1, 0, 1) for dy in (-1, 0, 1)
@@ -261,13 +262,13 @@ def _lanczos_rows(start: int, stop: int) -> np.ndarray:
     antialiased Lanczos-3 kernel, as Pillow's resize does (in floats, without its 8-bit rounding and
     clipping)."""
     scale = (stop - start) / _THUMB
-    support = 3 * max(scale, 1.0)
+    stretch = max(scale, 1.0)  # downscaling widens the kernel: the antialiasing
     rows = np.zeros((_THUMB, _GRID_SIDE))
     for out in range(_THUMB):
         centre = start + (out + 0.5) * scale
-        taps = np.arange(max(start, int(centre - support)), min(stop, int(np.ceil(centre + support))))
-        weights = np.sinc((taps + 0.5 - centre) / max(scale, 1.0))
-        weights *= np.sinc((taps + 0.5 - centre) / max(scale, 1.0) / 3)
+        taps = np.arange(max(start, int(centre - 3 * stretch)), min(stop, int(np.ceil(centre + 3 * stretch))))
+        distance = (taps + 0.5 - centre) / stretch
+        weights = np.sinc(distance) * np.sinc(distance / 3)
         rows[out, taps] = weights / weights.sum()
     return rows
 
@@ -286,9 +287,6 @@ def _region_thumbnails(square: Image.Image, windows: tuple[Window, ...]) -> np.n
     """(len(windows), 32, 32) thumbnails of the windows of a _GRID_SIDE square."""
     rows, columns = _resamplers(windows)
     return rows @ np.asarray(square, dtype=np.float64) @ columns.transpose(0, 2, 1)
-
-
-_WHOLE = Window("whole", 0.0, 0.0, 0.0, 0.0)
 
 
 def hashes_of_gray(gray: Image.Image) -> PerceptualHashes:
