@@ -18,6 +18,7 @@ from transforms.neardup import (
     DuplicateGroups,
     ExcludedHashIndex,
     Layouts,
+    across_articles,
     SearchStats,
     block_keys,
     block_masks,
@@ -197,10 +198,17 @@ def test_exclusion_list_parsing_and_matching():
         parse_hash_lines(["ffff000000000000  a.png", "not-a-hash  b.png"])
 
 
-def record(record_id: str, value: int, side: int = 100, license: str = CC_BY, companions=(), windowed=()) -> Record:
+def record(record_id: str, value: int, side: int = 100, license: str = CC_BY, companions=(), windowed=(),
+           pmcid: str = "") -> Record:
     return Record(id=record_id, phash=to_hex(value), phashes=tuple(to_hex(c) for c in companions),
                   phashes_windowed=tuple(to_hex(w) for w in windowed),
-                  original_width=side, original_height=side, source=Source(license=license))
+                  original_width=side, original_height=side, source=Source(license=license, pmcid=pmcid))
+
+
+def test_figures_of_one_article_never_link():
+    links = np.array([[0, 1], [0, 2], [1, 3], [2, 3]])
+    assert across_articles(links, ["PMC1", "PMC1", "PMC2", ""]).tolist() == [[0, 2], [1, 3], [2, 3]]
+    assert across_articles(links[:0], []).shape == (0, 2)
 
 
 def test_near_dedup_on_beam_marks_duplicates_of_the_final_survivor():
@@ -218,6 +226,11 @@ def test_near_dedup_on_beam_marks_duplicates_of_the_final_survivor():
         record("texture-a", 0x00FF_00FF_00FF_00FF, side=300, windowed=[0x5555_AAAA_5555_AAAA]),
         record("texture-b", 0xFF00_FF00_FF00_FF00, windowed=[0x5555_AAAA_5555_AAAB]),
         record("cross-kind", 0x3333_3333_CCCC_CCCC, windowed=[other]),
+        # two survival curves of one article hash alike, yet are two figures; a reprint elsewhere
+        # links (it is 5 bits from fig3: a figure near both would still join them, docs/dedup.md)
+        record("km-fig2", 0x0123_4567_89AB_CDEF, side=300, pmcid="PMC1"),
+        record("km-fig3", 0x0123_4567_89AB_CDEF ^ 0b0011, pmcid="PMC1"),
+        record("km-reprint", 0x0123_4567_89AB_CDEF ^ 0b11100, pmcid="PMC2"),
     ]
     with beam.Pipeline(runner=FnApiRunner()) as pipeline:
         result = pipeline | beam.Create(records) | NearDeduplicate(4)
@@ -225,9 +238,11 @@ def test_near_dedup_on_beam_marks_duplicates_of_the_final_survivor():
         rows = result.rows | "Rows" >> beam.Map(
             lambda row: (row.id, row.status, row.stage, row.reason, row.duplicate_of))
         near = (Status.DUPLICATE.value, Stage.DEDUP.value, Reason.NEAR_DUPLICATE.value)
-        assert_that(kept, equal_to(["large", "other", "alone", "no-image", "texture-a", "cross-kind"]), label="kept")
+        assert_that(kept, equal_to(["large", "other", "alone", "no-image", "texture-a", "cross-kind",
+                                    "km-fig2", "km-fig3"]), label="kept")
         assert_that(rows, equal_to([("small", *near, "large"), ("noncommercial", *near, "large"),
-                                    ("crop", *near, "other"), ("texture-b", *near, "texture-a")]), label="rows")
+                                    ("crop", *near, "other"), ("texture-b", *near, "texture-a"),
+                                    ("km-reprint", *near, "km-fig2")]), label="rows")
 
 
 def test_exclusion_rejects_records_near_a_listed_hash():

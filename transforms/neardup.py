@@ -11,7 +11,8 @@ mutually close hashes: near-blank figures) is compared only within sorted chunks
 counted, so one key cannot stall a worker (pairs across chunks of such a cluster may be missed).
 
 A pair within the threshold is then verified by the two regions' layout hashes (transforms/phash.py):
-it links only when they are within LAYOUT_HAMMING too. A pair shared by several blocks is reported
+it links only when they are within LAYOUT_HAMMING too, and never when both records come from one
+article. A pair shared by several blocks is reported
 only by the first block the two hashes agree on, so each pair is found once however many buckets
 hold it. Pairs become a graph whose connected components are the duplicate groups; each group keeps
 its best record by `survivor_rank`, and every other member names that record, whatever path linked
@@ -22,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -264,6 +265,14 @@ def bucket_links(
         pairs = pairs[agree]
     linked = owners[pairs]
     return _unique_pairs(linked[linked[:, 0] != linked[:, 1]])
+
+
+def across_articles(links: np.ndarray, articles: Sequence[str] | Mapping[int, str]) -> np.ndarray:
+    """The owner pairs of `links` that do not come from one article (`articles[owner]`; "" is
+    unknown and never vetoes). An article does not reprint its own figures, and same-style charts
+    of one paper (survival curves, blots) are the commonest pair that hashes cannot tell apart."""
+    same = np.array([bool(articles[a]) and articles[a] == articles[b] for a, b in links.tolist()], dtype=bool)
+    return links[~same] if len(links) else links
 
 
 class DuplicateGroups:

@@ -22,6 +22,7 @@ from transforms.neardup import (
     ExcludedHashIndex,
     Layouts,
     SearchStats,
+    across_articles,
     block_keys,
     bucket_links,
     rank_id,
@@ -38,6 +39,7 @@ class HashedItem:
     hashes: tuple[int, ...]
     kinds: tuple[int, ...]  # the kind of each hash (transforms/phash.py PLAIN / WINDOWED)
     layouts: tuple[int, ...]  # one per hash, or empty for a record hashed without layouts
+    article: str  # the record's PMCID, "" when unknown: figures of one article never link
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,7 @@ class BucketPart:
     layouts: np.ndarray  # uint64, one per value
     known: np.ndarray  # bool: the value's record has layouts
     ranks: tuple  # one per value
+    articles: tuple  # one per value
 
 
 def record_hashes(record: Record) -> tuple[int, ...]:
@@ -71,7 +74,7 @@ def record_layouts(record: Record) -> tuple[int, ...]:
 def hashed_item(record: Record) -> HashedItem:
     plain, windowed = record_hashes(record), record_windowed_hashes(record)
     kinds = (PLAIN,) * len(plain) + (WINDOWED,) * len(windowed)
-    return HashedItem(survivor_rank(record), plain + windowed, kinds, record_layouts(record))
+    return HashedItem(survivor_rank(record), plain + windowed, kinds, record_layouts(record), record.source.pmcid)
 
 
 def bucket_parts(items: list[HashedItem], threshold: int) -> Iterator[tuple[int, BucketPart]]:
@@ -82,13 +85,15 @@ def bucket_parts(items: list[HashedItem], threshold: int) -> Iterator[tuple[int,
     known = np.array([bool(item.layouts) for item in items for _ in item.hashes], dtype=bool)
     kinds = np.array([kind for item in items for kind in item.kinds], dtype=np.int64)
     ranks = [item.rank for item in items for _ in item.hashes]
+    articles = [item.article for item in items for _ in item.hashes]
     if not len(values):
         return
     for column in block_keys(values, threshold, kinds).T:
         order = np.argsort(column, kind="stable")
         starts = np.flatnonzero(np.r_[True, column[order][1:] != column[order][:-1]])
         for run in np.split(order, starts[1:]):
-            part = BucketPart(values[run], layouts[run], known[run], tuple(ranks[i] for i in run))
+            part = BucketPart(values[run], layouts[run], known[run], tuple(ranks[i] for i in run),
+                              tuple(articles[i] for i in run))
             yield int(column[run[0]]), part
 
 
@@ -101,6 +106,7 @@ class LinkBucketFn(beam.DoFn):
         self.compared = counter("dedup.near.pairs_compared")
         self.hot = counter("dedup.near.hot_buckets")
         self.layout_rejected = counter("dedup.near.layout_rejected")
+        self.same_article = counter("dedup.near.same_article")
         self.links = counter("dedup.near.links")
 
     def process(self, element) -> Iterator[tuple[tuple, tuple]]:
@@ -109,11 +115,14 @@ class LinkBucketFn(beam.DoFn):
         ranks = [rank for part in parts for rank in part.ranks]
         owner_of: dict[str, int] = {}
         owners = np.array([owner_of.setdefault(rank_id(rank), len(owner_of)) for rank in ranks], dtype=np.int64)
+        article_of = dict(zip(owners.tolist(), (article for part in parts for article in part.articles)))
         stats = SearchStats()
         values = np.concatenate([part.values for part in parts])
         layouts = Layouts(np.concatenate([part.layouts for part in parts]),
                           np.concatenate([part.known for part in parts]))
-        links = bucket_links(key, values, owners, self.threshold, stats, layouts)
+        candidates = bucket_links(key, values, owners, self.threshold, stats, layouts)
+        links = across_articles(candidates, article_of)
+        self.same_article.inc(len(candidates) - len(links))
         self.compared.inc(stats.compared)
         self.hot.inc(stats.hot_buckets)
         self.layout_rejected.inc(stats.layout_rejected)
