@@ -4,7 +4,9 @@ Images are read at run time from installed packages (scikit-image's `skimage/dat
 files), never stored in the repo. Each original is one *family*: the original plus its generated
 copies (JPEG re-encode, resize, crops of 2-5%, grayscale, pasted panel letter, byte copy, white
 margin). Distinct-but-similar images are families of their own: aligned faces, frames of one
-echocardiography cine loop, CT / MR slices of other patients, two-panel figures sharing a panel.
+echocardiography cine loop, CT / MR slices of other patients, two-panel figures sharing a panel,
+and figures of one house style with other data (bar charts, Kaplan-Meier curves, Western blots,
+drawn here, four to a paper: the pipeline never links two figures of one article).
 
 Every method links items within the threshold and takes connected components, as the pipeline does.
 Ours runs with and without the layout check on matched pairs.
@@ -27,7 +29,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from transforms.neardup import DEFAULT_HAMMING, LAYOUT_HAMMING, DuplicateGroups, Layouts, block_keys, bucket_links
+from transforms.neardup import (
+    DEFAULT_HAMMING,
+    LAYOUT_HAMMING,
+    DuplicateGroups,
+    Layouts,
+    across_articles,
+    block_keys,
+    bucket_links,
+)
 from transforms.phash import PerceptualHashes, hamming, perceptual_hashes
 
 SAME_PICTURE_AS_ANOTHER = {"chessboard_RGB.png", "examples_rgb_color.dcm"}  # the package ships both
@@ -39,6 +49,19 @@ ECHO_FRAMES = (0, 10, 20, 29)
 FACES = 100  # lfw_subset: the first 100 of its 200 25x25 patches are faces
 FACE_SIDE = 100  # shown 4x: the image stage rejects pictures under 64 pixels a side
 COMPOSITES = 12
+CHARTS = 24  # of each kind: bar charts and survival curves in one journal style, other data
+BLOTS = 12
+CHART_FAMILIES = ("bar_chart_", "survival_", "western_blot_")
+REPRINTED_CHARTS = ("bar_chart_00", "survival_00", "western_blot_00")  # these also get every copy
+FIGURES_PER_ARTICLE = 4  # charts and blots come four to a paper, as in a results section
+
+
+def article_of(family: str) -> str:
+    """The paper a chart or blot belongs to; "" for the other families (copies come from elsewhere)."""
+    if not family.startswith(CHART_FAMILIES):
+        return ""
+    kind, _, number = family.rpartition("_")
+    return f"{kind}_paper_{int(number) // FIGURES_PER_ARTICLE}"
 
 
 def png(image: Image.Image) -> bytes:
@@ -145,17 +168,79 @@ def load_distinct_similar(originals: dict[str, Image.Image]) -> dict[str, Image.
     return similar
 
 
+def _figure_png(draw) -> Image.Image:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(4, 3), dpi=100)
+    draw(axes)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def charts_and_blots() -> dict[str, Image.Image]:
+    """Distinct figures of one house style, as PMC is full of: bar charts and Kaplan-Meier curves
+    with other data, and Western blots with other band intensities."""
+    figures = {}
+    for number in range(CHARTS):
+        rng = np.random.default_rng(number)
+        values, errors = rng.uniform(1, 10, 5), rng.uniform(0.2, 1.5, 5)
+
+        def bars(axes, values=values, errors=errors):
+            axes.bar(list("ABCDE"), values, yerr=errors, color="0.5", capsize=3)
+            axes.set_ylabel("Relative expression")
+
+        figures[f"bar_chart_{number:02d}"] = _figure_png(bars)
+        times = np.linspace(0, 60, 61)
+        hazards = rng.uniform(0.005, 0.05, 2)
+
+        def survival(axes, hazards=hazards, steps=rng.random((2, 61))):
+            for hazard, step, style in zip(hazards, steps, ("-", "--")):
+                alive = np.cumprod(1 - hazard * (step < 0.7))
+                axes.step(times, alive, style, color="k", where="post")
+            axes.set_xlabel("Months")
+            axes.set_ylabel("Survival probability")
+            axes.set_ylim(0, 1.05)
+
+        figures[f"survival_{number:02d}"] = _figure_png(survival)
+    for number in range(BLOTS):
+        rng = np.random.default_rng(1000 + number)
+        blot = np.full((120, 320), 235.0)
+        for row in range(3):
+            for lane in range(6):
+                y, x = 25 + row * 35, 30 + lane * 48
+                strength = rng.uniform(20, 200)
+                yy, xx = np.mgrid[0:120, 0:320]
+                blot -= strength * np.exp(-(((yy - y) / 4) ** 2) - (((xx - x) / 16) ** 4))
+        figures[f"western_blot_{number:02d}"] = Image.fromarray(np.clip(blot, 0, 255).astype(np.uint8))
+    return figures
+
+
 def build_items() -> list[tuple[str, str, bytes]]:
     """(family, variant, encoded bytes) for every item."""
     originals = load_originals()
+    charts = charts_and_blots()
+    copied = {**originals, **{name: charts[name] for name in REPRINTED_CHARTS}}
     items = []
-    for name, image in originals.items():
+    for name, image in copied.items():
         raw = png(image)
         items.append((name, "original", raw))
         if name != STEREO_VIEW:
             items += [(name, variant, make(image, raw, name)) for variant, make in VARIANTS.items()]
-    items += [(name, "original", png(image)) for name, image in load_distinct_similar(originals).items()]
+    similar = {**load_distinct_similar(originals), **charts}
+    items += [(name, "original", png(image)) for name, image in similar.items() if name not in copied]
     return items
+
+
+def item_articles(items) -> list[str]:
+    """The article of each item: a chart's paper for an original chart, "" (another, unknown
+    article) for every copy, which is what a reprint is."""
+    return [article_of(family) if variant == "original" else "" for family, variant, _ in items]
 
 
 def components(count: int, pairs) -> list[int]:
@@ -171,9 +256,11 @@ def brute_force_pairs(hashes: list[int], threshold: int):
     return [(i, j) for i, j in pairs if hamming(hashes[i], hashes[j]) <= threshold]
 
 
-def block_search_pairs(hashes: list[PerceptualHashes], threshold: int, layout_limit: int | None):
+def block_search_pairs(hashes: list[PerceptualHashes], threshold: int, layout_limit: int | None,
+                       articles: list[str]):
     """The pipeline's search: block keys -> buckets -> bucket_links, over every hash of every item;
-    matched pairs verified by their layouts unless `layout_limit` is None."""
+    matched pairs verified by their layouts unless `layout_limit` is None, and never within one
+    article."""
     owners = np.array([i for i, item in enumerate(hashes) for _ in item.all], dtype=np.int64)
     values = np.array([h for item in hashes for h in item.all], dtype=np.uint64)
     layouts = np.array([layout for item in hashes for layout in item.layouts], dtype=np.uint64)
@@ -184,7 +271,7 @@ def block_search_pairs(hashes: list[PerceptualHashes], threshold: int, layout_li
         rows = np.flatnonzero((keys == key).any(axis=1))
         check = None if layout_limit is None else Layouts(layouts[rows], np.ones(len(rows), bool), layout_limit)
         links = bucket_links(int(key), values[rows], owners[rows], threshold, layouts=check)
-        pairs.update(map(tuple, links.tolist()))
+        pairs.update(map(tuple, across_articles(links, articles).tolist()))
     return sorted(pairs)
 
 
@@ -219,6 +306,7 @@ def main() -> int:
     datas = [data for _, _, data in items]
     reference = [int(str(__import__("imagehash").phash(Image.open(io.BytesIO(d)))), 16) for d in datas]
     ours = [perceptual_hashes(d) for d in datas]
+    articles = item_articles(items)
     fast = [h.phash for h in ours]
     families = len({f for f, _, _ in items})
     print(f"{len(items)} items, {families} families, hashed in {time.perf_counter() - started:.1f}s")
@@ -228,8 +316,8 @@ def main() -> int:
 
     methods = {
         "imagehash.phash, brute force": lambda t: brute_force_pairs(reference, t),
-        "ours, no layout check": lambda t: block_search_pairs(ours, t, None),
-        f"ours, layouts within {LAYOUT_HAMMING}": lambda t: block_search_pairs(ours, t, LAYOUT_HAMMING),
+        "ours, no layout check": lambda t: block_search_pairs(ours, t, None, articles),
+        f"ours, layouts within {LAYOUT_HAMMING}": lambda t: block_search_pairs(ours, t, LAYOUT_HAMMING, articles),
     }
     thresholds = range(args.sweep[0], args.sweep[1] + 1) if args.sweep else [args.threshold]
     for threshold in thresholds:
@@ -246,7 +334,7 @@ def main() -> int:
     if args.layout_sweep:
         print(f"\n== layout limit sweep at {args.threshold} bits ==")
         for limit in range(args.layout_sweep[0], args.layout_sweep[1] + 1, 2):
-            pairs = block_search_pairs(ours, args.threshold, limit)
+            pairs = block_search_pairs(ours, args.threshold, limit, articles)
             recall, merged, _ = score(items, pairs)
             missed = {variant: total - caught for variant, (caught, total, _) in recall.items() if caught < total}
             unlinked = sum(total - direct for _, total, direct in recall.values())
