@@ -88,6 +88,7 @@ class Record:
     phashes: tuple = _internal(())  # companion perceptual hashes (16-hex) near dedup matches besides `phash`
     phashes_windowed: tuple = _internal(())  # Hann-windowed perceptual hashes (16-hex), a hash space of their own
     phash_layouts: tuple = _internal(())  # layout hash (16-hex) of each of (phash, *phashes, *phashes_windowed)
+    ink_map: bytes = _internal(b"")  # line art only: small PNG ink map near dedup checks pairs on (until dedup)
 
     def __post_init__(self) -> None:
         if not self.key:

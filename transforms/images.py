@@ -18,7 +18,8 @@ from PIL import Image, ImageOps
 
 from schemas import IndexRow, Reason, Record, Stage
 from transforms.base import RecordFn
-from transforms.phash import perceptual_hashes, to_hex
+from transforms.inkcheck import ink_map
+from transforms.phash import decode_gray, hashes_of_gray, to_hex, trim_uniform_border
 from transforms.pixels import to_8bit
 
 # Decompression bombs are refused from the header by our own cap (`ImageLimits.max_pixels`), before
@@ -136,7 +137,8 @@ class ProcessImageFn(RecordFn):
         except ImageRejected as rejected:
             yield IndexRow.rejected(record, Stage.IMAGE, rejected.reason, rejected.detail)
             return
-        hashes = perceptual_hashes(image.data)  # of the stored image: a sample's phash is its image's
+        gray = decode_gray(image.data)  # the stored image: a sample's phash is its image's
+        hashes = hashes_of_gray(gray)
         yield dataclasses.replace(
             record,
             image_bytes=image.data,
@@ -148,4 +150,5 @@ class ProcessImageFn(RecordFn):
             phashes=tuple(map(to_hex, hashes.companions)),
             phashes_windowed=tuple(map(to_hex, hashes.windowed)),
             phash_layouts=tuple(map(to_hex, hashes.layouts)),
+            ink_map=ink_map(trim_uniform_border(gray)),
         )

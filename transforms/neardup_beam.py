@@ -28,6 +28,7 @@ from transforms.neardup import (
     rank_id,
     survivor_rank,
 )
+from transforms.inkcheck import same_line_art
 from transforms.phash import PLAIN, WINDOWED, from_hex, to_hex
 
 BATCH = 50_000  # records cut into block keys together: fewer, fuller parts per key; bounds batch memory
@@ -132,6 +133,51 @@ class LinkBucketFn(beam.DoFn):
             yield first_rank[a], first_rank[b]
 
 
+def _with_first_map(element) -> Iterator[tuple[str, tuple]]:
+    _, joined = element
+    maps = list(joined["map"])
+    for link in joined["link"]:
+        yield rank_id(link[1]), (link, maps[0] if maps else b"")
+
+
+class CheckLineArtFn(beam.DoFn):
+    """(second id, [(link, first map)], [second map]) -> the links whose line art is one picture."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rejected = counter("dedup.near.ink_rejected")
+
+    def process(self, element) -> Iterator[tuple[tuple, tuple]]:
+        _, joined = element
+        maps = list(joined["map"])
+        for link, first_map in joined["link"]:
+            if same_line_art(first_map, maps[0] if maps else b""):
+                yield link
+            else:
+                self.rejected.inc()
+
+
+class VerifyLineArt(beam.PTransform):
+    """Links -> those not between two line-art records, or whose ink maps show one picture
+    (transforms/inkcheck.py). Only the links and the line-art records' maps are shuffled."""
+
+    def __init__(self, maps: beam.PCollection) -> None:
+        super().__init__()
+        self.maps = maps
+
+    def expand(self, links):
+        with_first = (
+            {"link": links | "ByFirst" >> beam.Map(lambda link: (rank_id(link[0]), link)), "map": self.maps}
+            | "JoinFirst" >> beam.CoGroupByKey()
+            | "WithFirstMap" >> beam.FlatMap(_with_first_map)
+        )
+        return (
+            {"link": with_first, "map": self.maps}
+            | "JoinSecond" >> beam.CoGroupByKey()
+            | "Check" >> beam.ParDo(CheckLineArtFn())
+        )
+
+
 class DuplicateGroupsFn(beam.CombineFn):
     """Links -> DuplicateGroups, merged from per-bundle partial groups (combiner lifting)."""
 
@@ -160,6 +206,11 @@ class NearDuplicateSurvivors(beam.PTransform):
         self.threshold = threshold
 
     def expand(self, records):
+        ink_maps = (
+            records
+            | "LineArt" >> beam.Filter(lambda record: bool(record.ink_map))
+            | "InkMaps" >> beam.Map(lambda record: (record.id, record.ink_map))
+        )
         return (
             records
             | "Hashes" >> beam.Map(hashed_item)
@@ -167,6 +218,8 @@ class NearDuplicateSurvivors(beam.PTransform):
             | "BlockKeys" >> beam.FlatMap(bucket_parts, self.threshold)
             | "GroupBuckets" >> beam.GroupByKey()
             | "LinkBuckets" >> beam.ParDo(LinkBucketFn(self.threshold))
+            | "DistinctLinks" >> beam.Distinct()
+            | "VerifyLineArt" >> VerifyLineArt(ink_maps)
             | "Groups" >> beam.CombineGlobally(DuplicateGroupsFn())
             | "Survivors" >> beam.FlatMap(DuplicateGroups.survivors)
         )
@@ -180,7 +233,7 @@ def _mark_duplicates(element) -> Iterator:
             yield beam.pvalue.TaggedOutput(
                 ROWS, IndexRow.of(record, Status.DUPLICATE, Stage.DEDUP, Reason.NEAR_DUPLICATE, duplicate_of=kept[0]))
         else:
-            yield record
+            yield dataclasses.replace(record, ink_map=b"")  # needed no further: later shuffles stay light
 
 
 @dataclasses.dataclass
