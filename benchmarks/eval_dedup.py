@@ -9,7 +9,8 @@ and figures of one house style with other data (bar charts, Kaplan-Meier curves,
 drawn here, four to a paper: the pipeline never links two figures of one article).
 
 Every method links items within the threshold and takes connected components, as the pipeline does.
-Ours runs with and without the layout check on matched pairs.
+Ours runs without the layout check, with it, and with it and the line-art pixel check (the
+pipeline: transforms/inkcheck.py).
   recall(variant)  share of originals whose copy ends in the original's component; in brackets, the
                    share linked to the original directly, as if the two were the only images (the
                    family's other copies cannot bridge the gap: the stricter figure)
@@ -38,7 +39,8 @@ from transforms.neardup import (
     block_keys,
     bucket_links,
 )
-from transforms.phash import PerceptualHashes, hamming, perceptual_hashes
+from transforms.inkcheck import ink_map, same_line_art
+from transforms.phash import PerceptualHashes, decode_gray, hamming, hashes_of_gray, trim_uniform_border
 
 SAME_PICTURE_AS_ANOTHER = {"chessboard_RGB.png", "examples_rgb_color.dcm"}  # the package ships both
 STEREO_VIEW = "motorcycle_right.png"  # the other view of motorcycle_left: reported apart
@@ -256,11 +258,24 @@ def brute_force_pairs(hashes: list[int], threshold: int):
     return [(i, j) for i, j in pairs if hamming(hashes[i], hashes[j]) <= threshold]
 
 
+class LineArtCheck:
+    """The pipeline's pixel check of line-art pairs, each pair checked once across the sweeps."""
+
+    def __init__(self, maps: list[bytes]) -> None:
+        self.maps = maps
+        self.checked: dict[tuple[int, int], bool] = {}
+
+    def __call__(self, pair: tuple[int, int]) -> bool:
+        if pair not in self.checked:
+            self.checked[pair] = same_line_art(self.maps[pair[0]], self.maps[pair[1]])
+        return self.checked[pair]
+
+
 def block_search_pairs(hashes: list[PerceptualHashes], threshold: int, layout_limit: int | None,
-                       articles: list[str]):
+                       articles: list[str], line_art: LineArtCheck | None = None):
     """The pipeline's search: block keys -> buckets -> bucket_links, over every hash of every item;
-    matched pairs verified by their layouts unless `layout_limit` is None, and never within one
-    article."""
+    matched pairs verified by their layouts unless `layout_limit` is None, never within one
+    article, and for line art by their ink maps when `line_art` is given."""
     owners = np.array([i for i, item in enumerate(hashes) for _ in item.all], dtype=np.int64)
     values = np.array([h for item in hashes for h in item.all], dtype=np.uint64)
     layouts = np.array([layout for item in hashes for layout in item.layouts], dtype=np.uint64)
@@ -272,7 +287,7 @@ def block_search_pairs(hashes: list[PerceptualHashes], threshold: int, layout_li
         check = None if layout_limit is None else Layouts(layouts[rows], np.ones(len(rows), bool), layout_limit)
         links = bucket_links(int(key), values[rows], owners[rows], threshold, layouts=check)
         pairs.update(map(tuple, across_articles(links, articles).tolist()))
-    return sorted(pairs)
+    return sorted(pair for pair in pairs if line_art is None or line_art(pair))
 
 
 def score(items, pairs):
@@ -305,7 +320,9 @@ def main() -> int:
     items = build_items()
     datas = [data for _, _, data in items]
     reference = [int(str(__import__("imagehash").phash(Image.open(io.BytesIO(d)))), 16) for d in datas]
-    ours = [perceptual_hashes(d) for d in datas]
+    grays = [decode_gray(d) for d in datas]
+    ours = [hashes_of_gray(gray) for gray in grays]
+    line_art = LineArtCheck([ink_map(trim_uniform_border(gray)) for gray in grays])
     articles = item_articles(items)
     fast = [h.phash for h in ours]
     families = len({f for f, _, _ in items})
@@ -318,6 +335,7 @@ def main() -> int:
         "imagehash.phash, brute force": lambda t: brute_force_pairs(reference, t),
         "ours, no layout check": lambda t: block_search_pairs(ours, t, None, articles),
         f"ours, layouts within {LAYOUT_HAMMING}": lambda t: block_search_pairs(ours, t, LAYOUT_HAMMING, articles),
+        "ours + line-art pixel check": lambda t: block_search_pairs(ours, t, LAYOUT_HAMMING, articles, line_art),
     }
     thresholds = range(args.sweep[0], args.sweep[1] + 1) if args.sweep else [args.threshold]
     for threshold in thresholds:
@@ -334,7 +352,7 @@ def main() -> int:
     if args.layout_sweep:
         print(f"\n== layout limit sweep at {args.threshold} bits ==")
         for limit in range(args.layout_sweep[0], args.layout_sweep[1] + 1, 2):
-            pairs = block_search_pairs(ours, args.threshold, limit, articles)
+            pairs = block_search_pairs(ours, args.threshold, limit, articles, line_art)
             recall, merged, _ = score(items, pairs)
             missed = {variant: total - caught for variant, (caught, total, _) in recall.items() if caught < total}
             unlinked = sum(total - direct for _, total, direct in recall.values())
