@@ -321,8 +321,9 @@ def main() -> int:
     datas = [data for _, _, data in items]
     reference = [int(str(__import__("imagehash").phash(Image.open(io.BytesIO(d)))), 16) for d in datas]
     grays = [decode_gray(d) for d in datas]
-    ours = [hashes_of_gray(gray) for gray in grays]
-    line_art = LineArtCheck([ink_map(trim_uniform_border(gray)) for gray in grays])
+    trimmed = [trim_uniform_border(gray) for gray in grays]
+    ours = [hashes_of_gray(gray, trim) for gray, trim in zip(grays, trimmed)]
+    line_art = LineArtCheck([ink_map(trim) for trim in trimmed])
     articles = item_articles(items)
     fast = [h.phash for h in ours]
     families = len({f for f, _, _ in items})

@@ -138,7 +138,8 @@ class ProcessImageFn(RecordFn):
             yield IndexRow.rejected(record, Stage.IMAGE, rejected.reason, rejected.detail)
             return
         gray = decode_gray(image.data)  # the stored image: a sample's phash is its image's
-        hashes = hashes_of_gray(gray)
+        trimmed = trim_uniform_border(gray)
+        hashes = hashes_of_gray(gray, trimmed)
         yield dataclasses.replace(
             record,
             image_bytes=image.data,
@@ -150,5 +151,5 @@ class ProcessImageFn(RecordFn):
             phashes=tuple(map(to_hex, hashes.companions)),
             phashes_windowed=tuple(map(to_hex, hashes.windowed)),
             phash_layouts=tuple(map(to_hex, hashes.layouts)),
-            ink_map=ink_map(trim_uniform_border(gray)),
+            ink_map=ink_map(trimmed),
         )

@@ -289,8 +289,10 @@ def _region_thumbnails(square: Image.Image, windows: tuple[Window, ...]) -> np.n
     return rows @ np.asarray(square, dtype=np.float64) @ columns.transpose(0, 2, 1)
 
 
-def hashes_of_gray(gray: Image.Image) -> PerceptualHashes:
-    trimmed = trim_uniform_border(gray)
+def hashes_of_gray(gray: Image.Image, trimmed: Image.Image | None = None) -> PerceptualHashes:
+    """Every hash of an 8-bit grayscale image; `trimmed` is its trim_uniform_border when the
+    caller has it already (the image stage needs it for the ink map too)."""
+    trimmed = trim_uniform_border(gray) if trimmed is None else trimmed
     trimmed_thumb, *windows = _region_thumbnails(_square(trimmed), (_WHOLE, *WINDOWS, *SHIFTED_WINDOWS))
     windows, shifted = windows[:len(WINDOWS)], windows[len(WINDOWS):]
     bands = list(_region_thumbnails(_square(gray), LABEL_FREE_BANDS))
