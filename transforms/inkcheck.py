@@ -18,6 +18,8 @@ import operator
 import numpy as np
 from PIL import Image
 
+from transforms.pixels import background_level
+
 INK_SIDE = 128
 # Line art: this share of the trimmed image lies within BACKGROUND_TOLERANCE gray levels of a
 # bright background (the median of the outer ring).
@@ -34,8 +36,7 @@ MAX_RESIDUAL = 0.18  # share of the ink energy left after alignment; eval: copie
 
 
 def is_line_art(gray: np.ndarray) -> bool:
-    ring = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]).astype(np.int16)
-    background = np.median(ring)
+    background = background_level(gray)
     if background < BRIGHT_BACKGROUND:
         return False
     near = np.abs(gray.astype(np.int16) - background) <= BACKGROUND_TOLERANCE

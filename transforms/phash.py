@@ -39,7 +39,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from transforms.pixels import to_8bit
+from transforms.pixels import background_level, to_8bit
 
 HASH_BITS = 64
 HEX_DIGITS = HASH_BITS // 4
@@ -231,8 +231,7 @@ def trim_uniform_border(gray: Image.Image) -> Image.Image:
 
 def _trim_once(gray: Image.Image) -> Image.Image:
     pixels = np.asarray(gray, dtype=np.int16)
-    ring = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    near = np.abs(pixels - np.median(ring)) <= _BORDER_TOLERANCE
+    near = np.abs(pixels - background_level(pixels)) <= _BORDER_TOLERANCE
     rows = np.flatnonzero(near.mean(axis=1) < _BORDER_SHARE)
     cols = np.flatnonzero(near.mean(axis=0) < _BORDER_SHARE)
     if rows.size == 0 or cols.size == 0:
@@ -293,9 +292,11 @@ def hashes_of_gray(gray: Image.Image, trimmed: Image.Image | None = None) -> Per
     """Every hash of an 8-bit grayscale image; `trimmed` is its trim_uniform_border when the
     caller has it already (the image stage needs it for the ink map too)."""
     trimmed = trim_uniform_border(gray) if trimmed is None else trimmed
-    trimmed_thumb, *windows = _region_thumbnails(_square(trimmed), (_WHOLE, *WINDOWS, *SHIFTED_WINDOWS))
+    trimmed_square = _square(trimmed)
+    trimmed_thumb, *windows = _region_thumbnails(trimmed_square, (_WHOLE, *WINDOWS, *SHIFTED_WINDOWS))
     windows, shifted = windows[:len(WINDOWS)], windows[len(WINDOWS):]
-    bands = list(_region_thumbnails(_square(gray), LABEL_FREE_BANDS))
+    gray_square = trimmed_square if trimmed is gray else _square(gray)  # nothing trimmed: one resize
+    bands = list(_region_thumbnails(gray_square, LABEL_FREE_BANDS))
     plain_thumbs = np.stack([_thumbnail(gray), *([trimmed_thumb] if trimmed is not gray else []), *windows, *bands])
     windowed_thumbs = np.stack([trimmed_thumb, *shifted, *bands])
     plain = _distinct(_phashes(plain_thumbs), _layouts(plain_thumbs))

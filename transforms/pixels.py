@@ -20,3 +20,8 @@ def to_8bit(image: Image.Image, mode: str) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert(mode)
     return image.convert(mode)
+
+
+def background_level(pixels: np.ndarray) -> float:
+    """The median of a 2-D image's outermost ring of pixels: its margin or background gray level."""
+    return float(np.median(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])))
